@@ -1171,6 +1171,15 @@ class Framer:
     def at_pdu_boundary(self) -> bool:
         return self._state == _HEADER and self._end == self._start
 
+    def take_unparsed(self) -> bytes:
+        """Bytes received after the last whole PDU, handed to the next framer when the stream
+        changes framing (login -> full feature phase turns digests on)."""
+        if self._state != _HEADER or self._frames:
+            raise LocalProtocolError("take_unparsed() in the middle of a PDU")
+        out = bytes(self._staging[self._start : self._end])
+        self._start = self._end = 0
+        return out
+
     # -- internals -------------------------------------------------------------------------
 
     def _compact(self) -> None:
