@@ -202,15 +202,29 @@ class VpdPage(IntEnum):
 
 
 class DeviceType(IntEnum):
-    """Peripheral device types (SPC-4 6.6.2 "Standard INQUIRY data"). tgtd answers
-    STORAGE_ARRAY_CONTROLLER on LUN 0 and DIRECT_ACCESS on its data LUNs."""
+    """Peripheral device types (SPC-4 6.6.2 "Standard INQUIRY data"; 0x14 from SPC-5). tgtd
+    answers STORAGE_ARRAY_CONTROLLER on LUN 0 and DIRECT_ACCESS on its data LUNs. Values
+    0x0A, 0x0B and 0x15..0x1D are reserved and have no member: keep raw ints in results."""
 
     DIRECT_ACCESS = 0x00
     SEQUENTIAL_ACCESS = 0x01
+    PRINTER = 0x02
+    PROCESSOR = 0x03
+    WRITE_ONCE = 0x04
     CD_DVD = 0x05
+    SCANNER = 0x06
     OPTICAL_MEMORY = 0x07
+    MEDIUM_CHANGER = 0x08
+    COMMUNICATIONS = 0x09
     STORAGE_ARRAY_CONTROLLER = 0x0C
     ENCLOSURE_SERVICES = 0x0D
+    SIMPLIFIED_DIRECT_ACCESS = 0x0E
+    OPTICAL_CARD_READER_WRITER = 0x0F
+    BRIDGE_CONTROLLER = 0x10
+    OBJECT_STORAGE = 0x11
+    AUTOMATION_DRIVE_INTERFACE = 0x12
+    SECURITY_MANAGER = 0x13
+    HOST_MANAGED_ZONED = 0x14
     WELL_KNOWN_LU = 0x1E
     UNKNOWN = 0x1F
 

@@ -118,6 +118,15 @@ def test_opcodes_of_the_builders() -> None:
     assert scsi.ServiceActionIn16.READ_CAPACITY16 == 0x10
 
 
+def test_device_types() -> None:
+    dt = scsi.DeviceType
+    assert (dt.DIRECT_ACCESS, dt.STORAGE_ARRAY_CONTROLLER, dt.SIMPLIFIED_DIRECT_ACCESS) == (
+        0x00, 0x0C, 0x0E)
+    assert (dt.HOST_MANAGED_ZONED, dt.WELL_KNOWN_LU, dt.UNKNOWN) == (0x14, 0x1E, 0x1F)
+    with pytest.raises(ValueError):
+        dt(0x15)  # reserved: results keep the raw int
+
+
 # ---------------------------------------------------------------------------------------------
 # CDB builders: golden bytes, hand-derived from the CDB tables of SPC-4 / SBC-3
 # ---------------------------------------------------------------------------------------------
