@@ -37,8 +37,13 @@ ME = "iqn.2024-01.test:initiator"
 T1 = "iqn.2024-01.test:t1"
 T2 = "iqn.2024-01.test:t2"
 
-CLOSE = object()  # responder result: close the connection
-Reply = Sequence[IsnsMessage | bytes] | object | None
+
+class _Close:
+    """Responder result: close the connection instead of answering."""
+
+
+CLOSE = _Close()
+Reply = Sequence[IsnsMessage | bytes] | _Close | None
 
 
 def reply(request: IsnsMessage, status: int = 0, *attrs: IsnsAttribute) -> IsnsMessage:
@@ -122,9 +127,9 @@ class FakeIsns:
                 for message in framer:
                     self.seen.append(message)
                     answer = self.responder(message)
-                    if answer is CLOSE:
+                    if isinstance(answer, _Close):
                         return
-                    for item in answer or ():  # type: ignore[union-attr]
+                    for item in answer or ():
                         wire = item if isinstance(item, bytes) else encode_message(item)
                         await stream.send_all(wire)
 

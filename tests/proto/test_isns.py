@@ -369,7 +369,7 @@ def test_dev_get_next_portal_group_follow_up_uses_response_key() -> None:
         lambda: IsnsMessage(function=IsnsFunction.DEV_ATTR_QRY_RSP, transaction_id=1),
         lambda: IsnsMessage(function=0x10000, transaction_id=1),
         lambda: IsnsMessage(function=1, transaction_id=1, flags=IsnsFlags.FIRST_PDU),
-        lambda: IsnsMessage(function=1, transaction_id=1, attributes=[DELIMITER]),
+        lambda: IsnsMessage(function=1, transaction_id=1, attributes=[DELIMITER]),  # type: ignore[arg-type]
         lambda: encode_message(dev_dereg(ME, ME, transaction_id=1), max_pdu_payload=3),
     ],
 )
