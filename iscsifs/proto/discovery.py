@@ -34,6 +34,12 @@ _DIGITS_RE = re.compile(r"^[0-9]+$")
 _DOTTED_NUMERIC_RE = re.compile(r"^[0-9.]+$")
 
 
+def _show(value: object, limit: int = 60) -> str:
+    """repr() for messages, cut short: a peer's or user's junk must not make them unbounded."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_address(address: str) -> str | None:
     """Why `address` is not a hostname, IPv4 or bare IPv6 address, or None when it is one."""
     if not address:
@@ -42,7 +48,7 @@ def _check_address(address: str) -> str | None:
         try:
             ipaddress.IPv6Address(address)
         except ValueError:
-            return f"invalid IPv6 address {address!r}"
+            return f"invalid IPv6 address {_show(address)}"
         return None
     if _DOTTED_NUMERIC_RE.match(address):
         # All digits and dots: only a real IPv4 address makes sense ("999.1.1.1" is junk, not
@@ -50,16 +56,16 @@ def _check_address(address: str) -> str | None:
         try:
             ipaddress.IPv4Address(address)
         except ValueError:
-            return f"invalid IPv4 address {address!r}"
+            return f"invalid IPv4 address {_show(address)}"
         return None
     if len(address) > 253 or not _HOSTNAME_RE.match(address):
-        return f"invalid host name {address!r}"
+        return f"invalid host name {_show(address)}"
     return None
 
 
 def _parse_port(text: str, what: str) -> int:
     if not _DIGITS_RE.match(text) or len(text) > 5 or not 1 <= int(text) <= 65535:
-        raise ValueError(f"invalid {what} port {text!r} (expected 1..65535)")
+        raise ValueError(f"invalid {what} port {_show(text)} (expected 1..65535)")
     return int(text)
 
 
@@ -124,16 +130,16 @@ def _split_host_port(text: str, default_port: int, what: str) -> tuple[str, int]
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
-            raise ValueError(f"unclosed '[' in {what} {text!r}")
+            raise ValueError(f"unclosed '[' in {what} {_show(text)}")
         host, rest = text[1:close], text[close + 1 :]
         if ":" not in host:
-            raise ValueError(f"brackets hold no IPv6 address in {what} {text!r}")
+            raise ValueError(f"brackets hold no IPv6 address in {what} {_show(text)}")
         if rest == "":
             port = default_port
         elif rest.startswith(":"):
             port = _parse_port(rest[1:], what)
         else:
-            raise ValueError(f"unexpected {rest!r} after ']' in {what} {text!r}")
+            raise ValueError(f"unexpected {_show(rest)} after ']' in {what} {_show(text)}")
     elif text.count(":") >= 2:
         # A bare IPv6 address: its colons leave no room for a port (RFC 3986 section 3.2.2
         # brackets exist for exactly this reason), so the whole text is the address.
@@ -145,7 +151,7 @@ def _split_host_port(text: str, default_port: int, what: str) -> tuple[str, int]
         host, port = text, default_port
     problem = _check_address(host)
     if problem is not None:
-        raise ValueError(f"{problem} in {what} {text!r}")
+        raise ValueError(f"{problem} in {what} {_show(text)}")
     return host, port
 
 
@@ -157,15 +163,15 @@ def parse_target_address(value: str, default_port: int = DEFAULT_ISCSI_PORT) -> 
     """
     try:
         if value != value.strip() or not value:
-            raise ValueError(f"empty or space-padded TargetAddress {value!r}")
+            raise ValueError(f"empty or space-padded TargetAddress {_show(value)}")
         host_port, comma, tag_text = value.rpartition(",") if "," in value else (value, "", "")
         tpgt: int | None = None
         if comma:
             if not _DIGITS_RE.match(tag_text) or len(tag_text) > 5 or int(tag_text) > 65535:
-                raise ValueError(f"invalid portal group tag {tag_text!r} in TargetAddress")
+                raise ValueError(f"invalid portal group tag {_show(tag_text)} in TargetAddress")
             tpgt = int(tag_text)
         if "," in host_port:
-            raise ValueError(f"more than one ',' in TargetAddress {value!r}")
+            raise ValueError(f"more than one ',' in TargetAddress {_show(value)}")
         host, port = _split_host_port(host_port, default_port, "TargetAddress")
     except ValueError as exc:
         raise RemoteProtocolError(str(exc)) from None
@@ -245,6 +251,10 @@ def is_valid_iscsi_name(name: str) -> str | None:
             return f"character {ch!r} is not allowed in an iSCSI name"
     match = _IQN_RE.match(name)
     if match is None:
+        if re.match(r"^iqn\.\d{4}-\d{2}(?::|$)", name):
+            return (
+                "an iqn. name needs a reversed domain name after the date (iqn.2001-04.com.example)"
+            )
         return "an iqn. name needs a date: iqn.yyyy-mm.reversed.domain[:identifier]"
     month = int(match.group(2))
     if not 1 <= month <= 12:
@@ -269,5 +279,5 @@ def parse_portal_argument(text: str, default_port: int = DEFAULT_ISCSI_PORT) -> 
     if not stripped:
         raise ValueError("empty portal address")
     if "," in stripped or any(ch.isspace() for ch in stripped):
-        raise ValueError(f"unexpected ',' or space in portal {text.strip()!r}")
+        raise ValueError(f"unexpected ',' or space in portal {_show(text.strip())}")
     return _split_host_port(stripped, default_port, "portal")

@@ -135,6 +135,15 @@ def test_parse_target_address_junk(value: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_junk_is_cut_short_in_messages() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_target_address("h" * 300 + ".-bad")
+    assert len(str(info.value)) < 200
+    with pytest.raises(ValueError) as user:
+        parse_portal_argument("[" + "1" * 300, 3260)
+    assert len(str(user.value)) < 200
+
+
 # --- SendTargets ------------------------------------------------------------------------------
 
 T1 = "iqn.2001-04.com.example:storage.disk1"
@@ -240,7 +249,8 @@ INVALID_NAMES = [
     ("iqn.01-04.com.example", "needs a date"),
     ("iqn.2001-13.com.example", "month 13"),
     ("iqn.2001-00.com.example", "month 00"),
-    ("iqn.2001-04", "needs a date"),
+    ("iqn.2001-04", "reversed domain"),
+    ("iqn.2001-04:x", "reversed domain"),
     ("iqn.2001-04.", "reversed domain"),
     ("iqn.2001-04.com..example", "reversed domain"),
     ("iqn.2001-04.-com.example", "reversed domain"),
