@@ -375,8 +375,8 @@ def parse_target_address(value: str) -> tuple[str, int, int | None]:
         host = text[1:end]
         rest = text[end + 1 :]
         if rest:
-            if not rest.startswith(":"):
-                raise RemoteProtocolError(f"bad TargetAddress {value!r}")
+            if not rest.startswith(":") or len(rest) == 1:
+                raise RemoteProtocolError(f"bad port in TargetAddress {value!r}")
             port_text = rest[1:]
         else:
             port_text = ""
@@ -510,6 +510,8 @@ class LoginStateMachine:
         """The first Login Request of the connection."""
         self._guard()
         try:
+            if self._state is not LoginState.IDLE:
+                raise LocalProtocolError("login already started")
             return self._start()
         except IscsiError as exc:
             self._fail(exc)
@@ -555,14 +557,25 @@ class LoginStateMachine:
         return RemoteProtocolError(f"login to {self._config.target_label}: {why}")
 
     def _request(
-        self, *, transit: bool, csg: Stage, nsg: Stage, pairs: list[tuple[str, str]]
+        self,
+        *,
+        transit: bool,
+        csg: Stage,
+        nsg: Stage,
+        pairs: list[tuple[str, str]],
+        continuation: bool = False,
     ) -> LoginRequest:
         data = encode_text(pairs)
         if len(data) > MAX_LOGIN_TEXT:
             raise LocalProtocolError(f"login text of {len(data)} bytes exceeds {MAX_LOGIN_TEXT}")
-        self._exchanges += 1
-        if self._exchanges > MAX_LOGIN_EXCHANGES:
-            raise self._remote(f"target kept the login going for {MAX_LOGIN_EXCHANGES} requests")
+        # Requests that only fetch the rest of a C=1 text are bounded by the text size cap
+        # instead (each such response must bring at least one byte).
+        if not continuation:
+            self._exchanges += 1
+            if self._exchanges > MAX_LOGIN_EXCHANGES:
+                raise self._remote(
+                    f"target kept the login going for {MAX_LOGIN_EXCHANGES} requests"
+                )
         c = self._config
         req = LoginRequest(
             transit=transit, cont=False, csg=int(csg), nsg=int(nsg), version_max=0,
@@ -650,12 +663,19 @@ class LoginStateMachine:
             self._transition(event)
             return result
         self._exp_statsn = serial.add(resp.statsn, 1)
-        pairs = self._assembler.feed(resp.data, cont=resp.cont)
+        if resp.cont and not resp.data:
+            raise self._remote("target sent an empty login response with the C bit set")
+        try:
+            pairs = self._assembler.feed(resp.data, cont=resp.cont)
+        except RemoteProtocolError as exc:
+            raise self._remote(str(exc)) from None
         stage = self._state
         if pairs is None:  # C=1: fetch the rest with an empty request (RFC 7143 section 6.1)
+            assert self._last is not None
             self._transition(event)
             return self._request(
-                transit=False, csg=Stage(resp.csg), nsg=Stage(self._last.nsg), pairs=[]
+                transit=False, csg=Stage(resp.csg), nsg=Stage(self._last.nsg), pairs=[],
+                continuation=True,
             )
         if stage is LoginState.SECURITY:
             return self._security(event, resp, pairs)
@@ -676,11 +696,17 @@ class LoginStateMachine:
             raise login_error_for(self._config.target_label, 1, resp.status_detail)
         if resp.cont:
             raise self._remote("redirect response has the C bit set")
-        pairs = TextAssembler(self._config.max_text_bytes).feed(resp.data, cont=False) or []
+        try:
+            pairs = TextAssembler(self._config.max_text_bytes).feed(resp.data, cont=False) or []
+        except RemoteProtocolError as exc:
+            raise self._remote(str(exc)) from None
         addresses = [v for k, v in pairs if k == "TargetAddress"]
         if len(addresses) != 1:
             raise self._remote(f"redirect carries {len(addresses)} TargetAddress keys, not 1")
-        host, port, tpgt = parse_target_address(addresses[0])
+        try:
+            host, port, tpgt = parse_target_address(addresses[0])
+        except RemoteProtocolError as exc:
+            raise self._remote(str(exc)) from None
         return LoginRedirect(address=host, port=port, permanent=resp.status_detail == 2, tpgt=tpgt)
 
     # -- security stage -------------------------------------------------------------------
