@@ -120,7 +120,8 @@ def isns_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]
     config.write_text(
         f"BindAddress = 127.0.0.1:{port}\nSecurity = 0\nDefaultDiscoveryDomain = 1\n"
         "SLPRegister = 0\nRegistrationPeriod = 0\nESIRetries = 0\n"
-        f"PIDFile = {tmp_path}/isnsd.pid\n"
+        # Private PID file and control socket: the defaults in /var/run clash with other isnsd.
+        f"PIDFile = {tmp_path}/isnsd.pid\nControlSocket = {tmp_path}/isnsctl\n"
     )
     process = subprocess.Popen(
         ["isnsd", "-c", str(config), "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
