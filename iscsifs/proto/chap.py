@@ -101,6 +101,7 @@ class Secret:
     """A CHAP secret. Its value leaves only through reveal(); repr and str show Secret(***)."""
 
     __slots__ = ("_value",)
+    _value: bytes
 
     def __init__(self, value: str | bytes) -> None:
         raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
@@ -131,7 +132,7 @@ class Secret:
     def __hash__(self) -> int:
         return hash(hashlib.sha256(b"iscsifs-secret" + self._value).digest())
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("Secret cannot be pickled")
 
     def __len__(self) -> int:

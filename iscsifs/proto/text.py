@@ -618,8 +618,8 @@ def answer_offer(spec: KeySpec, offered: str, ours: str) -> str:
         case KeyKind.NUMERIC_MIN | KeyKind.NUMERIC_MAX:
             if check_value(spec, offered) is not None or check_value(spec, ours) is not None:
                 return REJECT
-            a, b = parse_number(offered), parse_number(ours)
-            return format_number(min(a, b) if spec.kind is KeyKind.NUMERIC_MIN else max(a, b))
+            x, y = parse_number(offered), parse_number(ours)
+            return format_number(min(x, y) if spec.kind is KeyKind.NUMERIC_MIN else max(x, y))
         case KeyKind.OBSOLETE:
             return REJECT
         case KeyKind.DECLARATIVE:
@@ -661,12 +661,12 @@ def check_answer(spec: KeySpec, offered: str, answer: str) -> str:
             why = check_value(spec, answer)
             if why is not None:
                 raise bad(why)
-            got, ours_n = parse_number(answer), parse_number(offered)
-            if spec.kind is KeyKind.NUMERIC_MIN and got > ours_n:
+            got_n, ours_n = parse_number(answer), parse_number(offered)
+            if spec.kind is KeyKind.NUMERIC_MIN and got_n > ours_n:
                 raise bad(f"above our offer {ours_n} (result function is Minimum)")
-            if spec.kind is KeyKind.NUMERIC_MAX and got < ours_n:
+            if spec.kind is KeyKind.NUMERIC_MAX and got_n < ours_n:
                 raise bad(f"below our offer {ours_n} (result function is Maximum)")
-            return format_number(got)
+            return format_number(got_n)
         case _:
             raise LocalProtocolError(f"{name} is not a negotiated key")
 
