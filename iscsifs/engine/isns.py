@@ -236,7 +236,10 @@ async def _deregister(client: _Client, me: str) -> None:
             log.info("iSNS %s: deregistration failed: %s", client._where, exc)
 
 
-def _check_timeout(timeout: float) -> None:
+def _check_arguments(initiator_name: str, timeout: float) -> None:
+    # Refuse our own misuse before touching the network, so it never looks like a server fault.
+    if not initiator_name:
+        raise ValueError("iSNS discovery needs the initiator's iSCSI name")
     if not (timeout > 0 and math.isfinite(timeout)):
         raise ValueError(f"iSNS timeout must be a positive number of seconds, not {timeout!r}")
 
@@ -258,7 +261,7 @@ async def isns_discover(
     IsnsError (the server answered with a non-zero status) or RemoteProtocolError (the server
     broke the protocol). Each message is one line naming the server.
     """
-    _check_timeout(timeout)
+    _check_arguments(initiator_name, timeout)
     where = _where(host, port)
     try:
         with trio.fail_after(timeout):
@@ -288,7 +291,7 @@ async def isns_ping(
     Entry) for an unregistered initiator; any answer proves a live iSNS server. Raises like
     isns_discover when there is no answer.
     """
-    _check_timeout(timeout)
+    _check_arguments(initiator_name, timeout)
     where = _where(host, port)
 
     try:

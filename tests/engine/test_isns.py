@@ -384,3 +384,10 @@ async def test_ping_silent_server_times_out(nursery: trio.Nursery, autojump_cloc
 async def test_bad_timeout_is_refused(timeout: float) -> None:
     with pytest.raises(ValueError, match="timeout"):
         await isns_discover("127.0.0.1", 1, initiator_name=ME, timeout=timeout)
+
+
+async def test_missing_initiator_name_is_refused_before_connecting() -> None:
+    with pytest.raises(ValueError, match="initiator's iSCSI name"):
+        await isns_discover("127.0.0.1", 1, initiator_name="")
+    with pytest.raises(ValueError, match="initiator's iSCSI name"):
+        await isns_ping("127.0.0.1", 1, initiator_name="")
