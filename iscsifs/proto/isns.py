@@ -492,10 +492,12 @@ def make_request(
 
 def encode_message(message: IsnsMessage, *, max_pdu_payload: int = MAX_PDU_PAYLOAD) -> bytes:
     """Serialise a message as one PDU, or as several when the payload exceeds max_pdu_payload
-    (RFC 4171 section 5.2: same function and transaction id, sequence ids counting from 0,
-    FIRST_PDU on the first, LAST_PDU on the last; TLVs may straddle PDUs)."""
-    if not 4 <= max_pdu_payload <= 0xFFFF:
-        raise LocalProtocolError(f"max_pdu_payload {max_pdu_payload} outside 4..65535")
+    (RFC 4171 sections 5.1.6 and 5.2: same function and transaction id, sequence ids counting
+    from 0, FIRST_PDU on the first, LAST_PDU on the last, lengths 4-aligned; TLVs may straddle
+    PDUs)."""
+    if not 4 <= max_pdu_payload <= 0xFFFF or max_pdu_payload % 4:
+        # RFC 4171 5.1.3: every PDU Length MUST be 4-byte aligned.
+        raise LocalProtocolError(f"max_pdu_payload {max_pdu_payload}: not 4-aligned in 4..65532")
     payload = message.payload()
     chunks = [payload[i : i + max_pdu_payload] for i in range(0, len(payload), max_pdu_payload)]
     if not chunks:
@@ -572,6 +574,8 @@ class IsnsFramer:
             if flags & IsnsFlags.AUTH:
                 # Unicast iSNSP relies on IPsec, not authentication blocks (RFC 4171 5.5).
                 raise RemoteProtocolError("iSNS PDU carries an authentication block (unsupported)")
+            if length % 4:
+                raise RemoteProtocolError(f"iSNS PDU length {length} is not 4-byte aligned")
             if len(self._buffer) < HEADER_LENGTH + length:
                 return None
             chunk = bytes(self._buffer[HEADER_LENGTH : HEADER_LENGTH + length])
