@@ -276,6 +276,7 @@ class Connection:
             data_digest=params.data_digest,
             max_data_segment=params.max_recv_data_segment_length,
             placer=self._place,
+            on_frame=self._handle,
         )
         self.tags = serial.TagAllocator(first_itt)
         self.tasks: dict[int, Task] = {}
@@ -459,10 +460,7 @@ class Connection:
         """n bytes arrived in the last get_buffer() view: process every whole PDU."""
         self._check()
         try:
-            self.framer.buffer_updated(n)
-            frames = self.framer.frames()
-            for frame in frames:
-                self._handle(frame)
+            self.framer.buffer_updated(n)  # calls _handle for each whole PDU, in order
         except Exception as e:
             self._error = e
             raise
@@ -643,7 +641,7 @@ class Connection:
         self.completed.append(task)
 
     def _on_r2t(self, frame: Frame) -> None:
-        (_, _, _, _, _, _, itt, ttt, _statsn, exp_cmdsn, max_cmdsn, r2tsn, off,
+        (_, _, _, _, _, itt, ttt, _statsn, exp_cmdsn, max_cmdsn, r2tsn, off,
          length) = S_R2T.unpack_from(frame.header)
         if frame.data:
             raise RemoteProtocolError("R2T with a data segment")

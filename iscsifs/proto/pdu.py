@@ -574,6 +574,8 @@ for _s in (
 
 
 def _lens(ahs_words: int, dsl: int) -> int:
+    if ahs_words > 255:
+        raise LocalProtocolError(f"{4 * ahs_words} bytes of AHS exceed TotalAHSLength (1020)")
     if dsl > MAX_DATA_SEGMENT:
         raise LocalProtocolError(f"data segment of {dsl} bytes exceeds the 24-bit length field")
     return (ahs_words << 24) | dsl
@@ -1040,8 +1042,10 @@ def decode(
     frame = framer.next_frame()
     if frame is None:
         raise RemoteProtocolError(f"incomplete PDU ({len(wire)} bytes)")
-    if framer.pending_bytes():
-        raise RemoteProtocolError(f"{framer.pending_bytes()} bytes after the PDU")
+    if framer.pending_bytes() or framer.next_frame() is not None:
+        raise RemoteProtocolError("bytes after the PDU")
+    if not frame.data_digest_ok:
+        raise RemoteProtocolError("data digest mismatch")
     return decode_frame(frame)
 
 
@@ -1082,6 +1086,7 @@ class Framer:
         data_digest: bool = False,
         max_data_segment: int = 8192,
         placer: Placer | None = None,
+        on_frame: Callable[[Frame], None] | None = None,
         staging_size: int = 256 * 1024,
         direct_threshold: int = 16 * 1024,
     ) -> None:
@@ -1089,6 +1094,9 @@ class Framer:
         self.data_digest = data_digest
         self.max_data_segment = max_data_segment
         self.placer = placer
+        # With on_frame, each frame is handed over the moment it is complete, before the next
+        # header is parsed: the placer's decision for PDU n+1 may depend on PDU n's handling.
+        self.on_frame = on_frame
         self._staging = bytearray(max(staging_size, 4096))
         self._sview = memoryview(self._staging)
         self._start = 0  # first unparsed byte in staging
@@ -1164,7 +1172,8 @@ class Framer:
         """Bytes received but not yet part of a completed frame."""
         staged = self._end - self._start
         if self._state in (_DATA_STAGED, _DATA_DIRECT, _TRAILER):
-            return staged + self._filled + len(self._header)
+            hd = DIGEST_LEN if self.header_digest else 0
+            return staged + self._filled + len(self._header) + len(self._ahs) + hd
         return staged
 
     @property
@@ -1222,7 +1231,7 @@ class Framer:
                 self._dsl = dsl
                 self._filled = 0
                 if dsl == 0:
-                    self._frames.append(Frame(header=self._header, ahs=self._ahs, data=b""))
+                    self._deliver(Frame(header=self._header, ahs=self._ahs, data=b""))
                     continue
                 if dsl > self.max_data_segment:
                     op = header[0] & 0x3F
@@ -1280,11 +1289,18 @@ class Framer:
                     data_ok = crc == digest_value(staging[s + pad : s + tlen])
                 # A bad data digest is not sticky: the header was good, the stream is still in
                 # step, and the connection decides between recovery (ERL 1) and a drop (ERL 0).
-                self._frames.append(Frame(
+                frame = Frame(
                     header=self._header, ahs=self._ahs,
                     data=dest if self._owned is None else bytes(self._owned),
                     placed=self._owned is None, data_digest_ok=data_ok,
-                ))
+                )
                 self._dest = None
                 self._owned = None
                 self._state = _HEADER
+                self._deliver(frame)
+
+    def _deliver(self, frame: Frame) -> None:
+        if self.on_frame is not None:
+            self.on_frame(frame)
+        else:
+            self._frames.append(frame)

@@ -52,8 +52,8 @@ def window_size(exp_cmdsn: int, max_cmdsn: int) -> int:
     A MaxCmdSN of ExpCmdSN - 1 closes the window (0); anything further behind is invalid and
     counted as 0 as well, which the session treats as "wait".
     """
-    d = diff(max_cmdsn, exp_cmdsn) + 1
-    return d if d > 0 else 0
+    d = (max_cmdsn - exp_cmdsn) & MASK
+    return d + 1 if d < HALF else 0
 
 
 class TagAllocator:

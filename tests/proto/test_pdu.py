@@ -925,11 +925,6 @@ def test_pending_bytes_counts_a_partial_pdu(pdu, wire: bytes, hlen: int) -> None
         assert framer.pending_bytes() == cut, cut
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Framer.pending_bytes omits the AHS and the header digest of a PDU whose data "
-    "segment is being received (it counts only len(_header) == 48 + data)",
-)
 def test_pending_bytes_counts_ahs_and_header_digest() -> None:
     wire = with_digests(SCSI_EXT_BIDI_WIRE, 76, hd=True, dd=False)
     for cut in range(len(wire)):
@@ -949,11 +944,6 @@ def test_decode_refuses_trailing_bytes(pdu, wire: bytes, hlen: int) -> None:
             decode(wire + extra)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pdu.decode accepts a second whole PDU after the first and drops it: it checks "
-    "pending_bytes() but not the frames already queued in the framer",
-)
 def test_decode_refuses_a_whole_trailing_pdu() -> None:
     for _, wire, _ in GOLDEN_VALUES:
         with pytest.raises(RemoteProtocolError):
@@ -1058,11 +1048,6 @@ def test_bad_data_digest_is_flagged_and_the_stream_goes_on(pdu, wire, hlen) -> N
             assert framer.at_pdu_boundary
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pdu.decode(data_digest=True) returns the PDU when its data digest is wrong: it "
-    "ignores Frame.data_digest_ok instead of raising RemoteProtocolError",
-)
 def test_decode_refuses_a_bad_data_digest() -> None:
     wired = bytearray(with_digests(NOP_OUT_WIRE, 48, hd=False, dd=True))
     wired[-1] ^= 0xFF
@@ -1334,11 +1319,6 @@ def test_encode_refuses_local_misuse() -> None:
         encode_parts(replace(NOP_OUT, data=memoryview(bytearray(1 << 24))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pdu.encode: AHS longer than 255 words (TotalAHSLength is one byte, RFC 7143 "
-    "11.2.1.4) escapes as struct.error instead of LocalProtocolError (_lens checks only DSL)",
-)
 def test_encode_refuses_too_much_ahs() -> None:
     with pytest.raises(LocalProtocolError):
         encode(replace(SCSI_READ10, ahs=(Ahs(ahs_type=1, data=bytes(1021)),)))
