@@ -758,16 +758,24 @@ def _first_duplicate(portals: Sequence[PortalSetup], index: int) -> int | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InitiatorSetup:
-    """The manual's Initiator tab: our name, the boot delay and the iSNS server."""
+    """The manual's Initiator tab: our name, the boot delay and the iSNS server.
+
+    isns is the "host[:port]" text as written (the port defaults to 3205); isns_portal parses it.
+    """
 
     name: str
     boot_delay: int = 0
-    isns: Portal | None = None
+    isns: str | None = None
 
     def __post_init__(self) -> None:
-        _check_fields("InitiatorSetup", _INITIATOR_KEYS[:2], self)
-        if self.isns is not None and not isinstance(self.isns, Portal):
-            raise ConfigError("InitiatorSetup.isns must be a Portal or None", key="isns")
+        _check_fields("InitiatorSetup", _INITIATOR_KEYS, self)
+
+    @property
+    def isns_portal(self) -> Portal | None:
+        if self.isns is None:
+            return None
+        host, port = parse_portal_argument(self.isns, DEFAULT_ISNS_PORT)
+        return Portal(host, port)
 
     @property
     def suffix(self) -> str:
@@ -1036,11 +1044,7 @@ class _Reader:
         name = init["name"] if init["name"] is not None else name_fallback
         if name is None:
             self.fail("initiator", ": name is missing; allowed: " + _NAME_ALLOWED)
-        isns = None
-        if init["isns"] is not None:
-            host, port = parse_portal_argument(init["isns"], DEFAULT_ISNS_PORT)
-            isns = Portal(host, port)
-        initiator = InitiatorSetup(name=name, boot_delay=init["boot_delay"], isns=isns)
+        initiator = InitiatorSetup(name=name, boot_delay=init["boot_delay"], isns=init["isns"])
         mount = MountSetup(**self.scalars(self.table(data.get("mount", {}), "mount", "mount"),
                                           "mount", "mount"))
         defaults = self.table(data.get("defaults", {}), "defaults", "defaults")
@@ -1190,7 +1194,7 @@ def _initiator_items(initiator: InitiatorSetup) -> list[tuple[str, object]]:
     if initiator.boot_delay != 0:
         items.append(("boot_delay", initiator.boot_delay))
     if initiator.isns is not None:
-        items.append(("isns", _isns_text(initiator.isns.address, initiator.isns.port)))
+        items.append(("isns", initiator.isns))
     return items
 
 
@@ -1778,14 +1782,22 @@ class ConfigStore:
         return self._mutate(change)
 
     def remove_target(
-        self, name: str, address: str | None = None, port: int | None = None
+        self,
+        name: str,
+        address: str | tuple[str, int] | Portal | None = None,
+        port: int | None = None,
     ) -> bool:
-        """removeTargets: without an address the whole target goes. With one ("host" or
-        "host:port", or port given), the portals at that address go; if it is the target's
-        saved address (its first portal) or no portal is left, all traces of the target go.
-        Returns True when the whole target was removed."""
+        """removeTargets: without an address the whole target goes. With one ("host",
+        "host:port", (host, port) or a Portal; a port narrows it), the portals at that address
+        go; if it is the target's saved address (its first portal) or no portal is left, all
+        traces of the target go. Returns True when the whole target was removed."""
         index = self._target_index(name)
         target = self.config.targets[index]
+        if isinstance(address, Portal):
+            port = address.port
+            address = address.address
+        elif isinstance(address, tuple):
+            address, port = address
         if address is None:
             whole = True
             doomed: list[int] = []

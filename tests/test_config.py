@@ -660,9 +660,8 @@ def test_round_trip_keeps_comments_and_order(tmp_path: Path) -> None:
     ]
     config = load(path)
     assert config == store.config
-    assert config.initiator == InitiatorSetup(
-        name=NAME, boot_delay=30, isns=Portal("127.0.0.1", 3206)
-    )
+    assert config.initiator == InitiatorSetup(name=NAME, boot_delay=30, isns="127.0.0.1:3206")
+    assert config.initiator.isns_portal == Portal("127.0.0.1", 3206)
     assert config.mount == MountSetup(point="/srv/iscsi", allow_other=True)
     assert config.default_timeouts == Timeouts(hold_time=60)
     lab, backup, new = config.targets
@@ -714,8 +713,8 @@ def test_remove_target_by_address(tmp_path: Path) -> None:
     # The saved address (the first portal): all traces of the target go.
     assert store.remove_target(T1, "127.0.0.1") is True
     assert store.config.target(T1) is None
-    # The last portal of a target: the target goes too.
-    assert store.remove_target(T2, "BACKUP.example.", port=3260) is True
+    # The last portal of a target: the target goes too. (A (host, port) pair works too.)
+    assert store.remove_target(T2, ("BACKUP.example.", 3260)) is True
     assert store.config.targets == ()
     store.save()
     assert load(path).targets == ()
@@ -729,7 +728,7 @@ def test_remove_middle_portal_takes_its_comment_and_keeps_the_next(tmp_path: Pat
     path = write(tmp_path / "c.toml", HAND_WRITTEN)
     store = store_at(path)
     store.set_portal(T1, "127.0.0.5", 3260)
-    store.remove_target(T1, "127.0.0.2")
+    assert store.remove_target(T1, Portal("127.0.0.2", 3261)) is False
     store.save()
     text = path.read_text()
     assert "# second path" not in text  # it introduced the removed portal
@@ -822,11 +821,18 @@ def test_initiator_suffix_and_boot_delay_and_isns(tmp_path: Path) -> None:
     )
     assert store.config.initiator.name == INITIATOR_PREFIX + "attofast"
     store.set_isns("::1", 3205)
-    assert store.config.initiator.isns == Portal("::1", 3205)
+    assert store.config.initiator.isns == "[::1]:3205"
+    assert store.config.initiator.isns_portal == Portal("::1", 3205)
     store.set_isns("[fe80::2]")
-    assert store.config.initiator.isns == Portal("fe80::2", 3205)
+    assert store.config.initiator.isns == "fe80::2"
+    assert store.config.initiator.isns_portal == Portal("fe80::2", 3205)
+    store.set_isns("isns.example")
+    assert store.config.initiator.isns_portal == Portal("isns.example", 3205)
     store.set_isns(None)
     assert store.config.initiator.isns is None
+    assert store.config.initiator.isns_portal is None
+    with pytest.raises(ConfigError):
+        InitiatorSetup(name=NAME, isns="[::1")
     with pytest.raises(ConfigError) as info:
         store.set_boot_delay(-5)
     assert str(info.value) == (
@@ -1206,12 +1212,12 @@ def targets(draw: st.DrawFn, params: LoginParams, times: Timeouts) -> TargetSetu
 def configs(draw: st.DrawFn) -> Config:
     params = draw(st.just(LoginParams()) | login_params())
     times = draw(st.just(Timeouts()) | timeouts())
-    isns = draw(st.none() | st.tuples(ADDRESSES, st.integers(1, 65535)))
+    isns = draw(st.none() | st.tuples(ADDRESSES, st.none() | st.integers(1, 65535)))
     return Config(
         initiator=InitiatorSetup(
             name=draw(st.one_of(IQN, EUI)),
             boot_delay=draw(st.integers(0, 86400)),
-            isns=None if isns is None else Portal(*isns),
+            isns=None if isns is None else cfg._isns_text(*isns),
         ),
         mount=MountSetup(
             point="/" + draw(st.from_regex(r"[a-z0-9_.-]{1,12}(/[a-z0-9_]{1,8})?", fullmatch=True)
@@ -1242,7 +1248,9 @@ def test_random_setups_round_trip_through_store_changes(config: Config) -> None:
         store.load()
         store.set_boot_delay(config.initiator.boot_delay)
         if config.initiator.isns is not None:
-            store.set_isns(config.initiator.isns.address, config.initiator.isns.port)
+            portal = config.initiator.isns_portal
+            given_port = portal.port if config.initiator.isns != portal.address else None
+            store.set_isns(portal.address, given_port)
         store.set_params(None, {
             spec.name: getattr(config.default_params, spec.name)
             for spec in SCHEMA["defaults.params"].values()
