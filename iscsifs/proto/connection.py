@@ -113,7 +113,7 @@ class Task:
         *,
         lun: int,
         cdb: bytes,
-        read_buf: memoryview | None = None,
+        read_buf: bytearray | memoryview | None = None,
         write_buf: Buffer | None = None,
         expected_length: int = 0,
         attr: int = TaskAttribute.SIMPLE,
@@ -123,15 +123,22 @@ class Task:
             raise LocalProtocolError("CDBs longer than 16 bytes are not supported")
         if read_buf is not None and write_buf is not None:
             raise LocalProtocolError("bidirectional commands are not supported")
-        buf = read_buf if read_buf is not None else write_buf
+        # Byte-addressed views of the caller's memory: slicing a bytearray (or a memoryview of
+        # wider items) would hand the framer a copy or the wrong span, and a read would then
+        # complete GOOD with its data lost.
+        rbuf = memoryview(read_buf).cast("B") if read_buf is not None else None
+        wbuf = memoryview(write_buf).cast("B") if write_buf is not None else None
+        if rbuf is not None and rbuf.readonly:
+            raise LocalProtocolError("read buffer is read-only")
+        buf = rbuf if rbuf is not None else wbuf
         if buf is not None and len(buf) < expected_length:
             raise LocalProtocolError("buffer shorter than the expected transfer length")
         if buf is None and expected_length:
             raise LocalProtocolError("a data transfer needs a buffer")
         self.lun = lun
         self.cdb = cdb.ljust(16, b"\0")
-        self.read_buf = read_buf
-        self.write_buf = memoryview(write_buf).cast("B") if write_buf is not None else None
+        self.read_buf = rbuf
+        self.write_buf = wbuf
         self.expected_length = expected_length
         self.attr = attr
         self.context = context
