@@ -562,10 +562,16 @@ class Connection:
          residual) = S_DATA_IN.unpack_from(frame.header)
         self._window(exp_cmdsn, max_cmdsn)
         task = self.tasks.get(itt)
+        # The placer only saw PDUs with data: for an empty one its message is stale.
+        placement_error = self._placement_error if frame.data else None
         if task is None or task.read_buf is None:
             raise RemoteProtocolError(
-                self._placement_error or f"Data-In for unknown task ITT 0x{itt:08x}")
-        if not frame.placed:
+                placement_error or f"Data-In for unknown or non-read task ITT 0x{itt:08x}")
+        # An empty data segment is never placed, and must still be received (RFC 7143 11.7.7)
+        # when it is next in the sequence.
+        if not frame.placed and (
+            frame.data or datasn != task.exp_datasn or off != task.next_offset
+        ):
             if task.recovering and serial.gt(datasn, task.exp_datasn):
                 return  # dropped until the retransmission from exp_datasn arrives
             if serial.lt(datasn, task.exp_datasn) and self.erl >= 1:
@@ -573,7 +579,9 @@ class Connection:
             if self.erl >= 1 and serial.gt(datasn, task.exp_datasn):
                 self._snack_data(task, f"DataSN gap: got {datasn}, expected {task.exp_datasn}")
                 return
-            raise RemoteProtocolError(self._placement_error or "Data-In could not be placed")
+            raise RemoteProtocolError(placement_error or (
+                f"Data-In out of order for ITT 0x{itt:08x}: DataSN {datasn} at offset {off}, "
+                f"expected DataSN {task.exp_datasn} at offset {task.next_offset}"))
         n = len(frame.data)
         if not frame.data_digest_ok:
             self._bad_data_digest(task, f"Data-In DataSN {datasn}")
