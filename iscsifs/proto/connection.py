@@ -558,7 +558,7 @@ class Connection:
             self.exp_statsn = (statsn + 1) & serial.MASK
 
     def _on_data_in(self, frame: Frame) -> None:
-        (_, flags, _, status, _, _, itt, ttt, statsn, exp_cmdsn, max_cmdsn, datasn, off,
+        (_, flags, _, status, _, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn, datasn, off,
          residual) = S_DATA_IN.unpack_from(frame.header)
         self._window(exp_cmdsn, max_cmdsn)
         task = self.tasks.get(itt)
@@ -590,9 +590,10 @@ class Connection:
         task.exp_datasn = (datasn + 1) & serial.MASK
         task.next_offset = off + n
         if flags & DATA_IN_ACK and self.erl >= 1:
-            self._send_pdu(SnackRequest(snack_type=SnackType.DATA_ACK, lun=0, itt=itt, ttt=ttt,
-                                        exp_statsn=self.exp_statsn, begrun=task.exp_datasn,
-                                        run_length=0))
+            # RFC 7143 11.16.4-5: the reserved ITT, and the TTT and LUN of this Data-In.
+            self._send_pdu(SnackRequest(snack_type=SnackType.DATA_ACK, lun=lun,
+                                        itt=RESERVED_TAG, ttt=ttt, exp_statsn=self.exp_statsn,
+                                        begrun=task.exp_datasn, run_length=0))
         if flags & DATA_IN_STATUS:
             if not flags & F_BIT:
                 raise RemoteProtocolError("Data-In with status but without the F bit")
