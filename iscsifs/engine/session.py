@@ -517,6 +517,12 @@ class Session:
         finally:
             self._live = None
             transport.close()
+            # Commands completed by the same receive that then failed (a good answer followed
+            # by a bad one in one segment) never reached _dispatch: they are done, wake them.
+            done, conn.completed = conn.completed, []
+            for task in done:
+                if task.context is not None:
+                    task.context.set()
             # Whatever was on this connection goes back to wait for the next one, oldest first.
             for task in reversed(conn.unfinished()):
                 self._waiting.appendleft(task)
