@@ -583,6 +583,8 @@ class Session:
                 ctx = task.context
                 if ctx is not None:
                     ctx.set()
+            if live.draining:  # a logout waits for the last command to finish
+                self._kick()
         if conn.events:
             events, conn.events = conn.events, []
             for ev in events:
