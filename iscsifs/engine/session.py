@@ -388,9 +388,11 @@ class Session:
                         log.info("%s: %s", self.settings.portal, lost.reason)
                     else:
                         log.warning("%s: connection lost: %s", self.settings.portal, lost.reason)
-                        if self.outage_since is None:
-                            self.outage_since = (lost.silent_since if lost.silent_since
-                                                 is not None else trio.current_time())
+                    # Planned or not, the hold time counts from here: a target that announced
+                    # its drop may still never come back.
+                    if self.outage_since is None:
+                        self.outage_since = (lost.silent_since if lost.silent_since
+                                             is not None else trio.current_time())
                     self._set_state(State.RECOVERING)
                     self.listener.disconnected(self, lost.reason)
                     wait = lost.wait
