@@ -673,27 +673,43 @@ class Session:
         await self._changed.wait()
 
     async def _watchdog(self, live: _Live) -> None:
-        """NOP-Out pings when idle, and the per-command timeout."""
+        """NOP-Out pings when idle, and the per-command timeout. It sleeps until the earliest
+        deadline rather than polling on a tick, so each timer fires at its configured time."""
         t = self.settings.timeouts
         conn, transport = live.conn, live.transport
-        tick = max(0.05, min(1.0, t.noop_interval / 2, t.noop_timeout / 2, t.command / 4))
         while True:
-            await trio.sleep(tick)
             now = trio.current_time()
             if live.ping_itt is not None:
-                if now - live.ping_sent > t.noop_timeout:
+                if now >= live.ping_sent + t.noop_timeout:
                     self._lose(live, _ConnectionLost(
                         f"no answer to NOP-Out ping within {t.noop_timeout:g} s",
                         silent_since=transport.last_receive))
                     return
-            elif t.noop_interval > 0 and now - transport.last_receive >= t.noop_interval:
-                live.ping_itt = conn.ping()
+            elif t.noop_interval > 0 and now >= transport.last_receive + t.noop_interval:
+                try:
+                    live.ping_itt = conn.ping()
+                except IscsiError as e:  # the reader failed in this same instant
+                    self._lose(live, _ConnectionLost(str(e)))
+                    return
                 live.ping_sent = now
                 self._flush(live)
+            # A command issued after now cannot time out before now + t.command.
+            wake = now + t.command
             for task in list(conn.tasks.values()):
-                if now - task.issued_at > t.command and task.itt not in live.escalating:
+                if task.itt in live.escalating:
+                    continue
+                due = task.issued_at + t.command
+                if now >= due:
                     live.escalating.add(task.itt)
                     self._spawn(live, self._escalate, live, task)
+                else:
+                    wake = min(wake, due)
+            if live.ping_itt is not None:
+                wake = min(wake, live.ping_sent + t.noop_timeout)
+            elif t.noop_interval > 0:
+                wake = min(wake, transport.last_receive + t.noop_interval)
+            # Data arriving meanwhile only moves deadlines later: waking early is harmless.
+            await trio.sleep_until(wake)
 
     async def _tmf(self, live: _Live, function: int, *, lun: int, task: Task | None) -> int | None:
         itt = live.conn.task_management(function, lun=lun, task=task)
