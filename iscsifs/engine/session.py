@@ -357,9 +357,11 @@ class Session:
                         self.last_error = str(e)
                         log.warning("%s: login failed: %s", self.settings.portal, e)
                         if not reported:
+                            # Settle the state before the caller hears of the failure.
+                            self._want = False
+                            self._set_state(State.IDLE)
                             task_status.started(e)
                             reported = True
-                            self._want = False
                             break
                         if self.state is State.CONNECTING:
                             self._set_state(State.FAILED)
