@@ -560,7 +560,6 @@ class Connection:
     def _on_data_in(self, frame: Frame) -> None:
         (_, flags, _, status, _, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn, datasn, off,
          residual) = S_DATA_IN.unpack_from(frame.header)
-        self._window(exp_cmdsn, max_cmdsn)
         task = self.tasks.get(itt)
         # The placer only saw PDUs with data: for an empty one its message is stale.
         placement_error = self._placement_error if frame.data else None
@@ -572,59 +571,67 @@ class Connection:
         if not frame.placed and (
             frame.data or datasn != task.exp_datasn or off != task.next_offset
         ):
-            if task.recovering and serial.gt(datasn, task.exp_datasn):
-                return  # dropped until the retransmission from exp_datasn arrives
-            if serial.lt(datasn, task.exp_datasn) and self.erl >= 1:
-                return  # a duplicate of data already received (a retransmission overlap)
-            if self.erl >= 1 and serial.gt(datasn, task.exp_datasn):
-                self._snack_data(task, f"DataSN gap: got {datasn}, expected {task.exp_datasn}")
-                return
-            raise RemoteProtocolError(placement_error or (
-                f"Data-In out of order for ITT 0x{itt:08x}: DataSN {datasn} at offset {off}, "
-                f"expected DataSN {task.exp_datasn} at offset {task.next_offset}"))
-        n = len(frame.data)
-        if not frame.data_digest_ok:
+            self._unplaced_data_in(task, datasn, off, placement_error)
+        elif not frame.data_digest_ok:
             self._bad_data_digest(task, f"Data-In DataSN {datasn}")
+        else:
+            task.recovering = False
+            task.exp_datasn = (datasn + 1) & serial.MASK
+            task.next_offset = off + len(frame.data)
+            if flags & DATA_IN_ACK and self.erl >= 1:
+                # RFC 7143 11.16.4-5: the reserved ITT, and the TTT and LUN of this Data-In.
+                self._send_pdu(SnackRequest(snack_type=SnackType.DATA_ACK, lun=lun,
+                                            itt=RESERVED_TAG, ttt=ttt,
+                                            exp_statsn=self.exp_statsn,
+                                            begrun=task.exp_datasn, run_length=0))
+            if flags & DATA_IN_STATUS:
+                if not flags & F_BIT:
+                    raise RemoteProtocolError("Data-In with status but without the F bit")
+                self._status_sn(statsn)
+                self._complete(task, status, b"", residual, flags)
+        # The window last: the commands it releases carry the ExpStatSN this PDU advanced, and
+        # a PDU is only ever matched against tasks that existed when it arrived.
+        self._window(exp_cmdsn, max_cmdsn)
+
+    def _unplaced_data_in(self, task: Task, datasn: int, off: int,
+                          placement_error: str | None) -> None:
+        """A Data-In that is not the next in its task's sequence: dropped, recovered (ERL 1),
+        or refused."""
+        if task.recovering and serial.gt(datasn, task.exp_datasn):
+            return  # dropped until the retransmission from exp_datasn arrives
+        if serial.lt(datasn, task.exp_datasn) and self.erl >= 1:
+            return  # a duplicate of data already received (a retransmission overlap)
+        if self.erl >= 1 and serial.gt(datasn, task.exp_datasn):
+            self._snack_data(task, f"DataSN gap: got {datasn}, expected {task.exp_datasn}")
             return
-        task.recovering = False
-        task.exp_datasn = (datasn + 1) & serial.MASK
-        task.next_offset = off + n
-        if flags & DATA_IN_ACK and self.erl >= 1:
-            # RFC 7143 11.16.4-5: the reserved ITT, and the TTT and LUN of this Data-In.
-            self._send_pdu(SnackRequest(snack_type=SnackType.DATA_ACK, lun=lun,
-                                        itt=RESERVED_TAG, ttt=ttt, exp_statsn=self.exp_statsn,
-                                        begrun=task.exp_datasn, run_length=0))
-        if flags & DATA_IN_STATUS:
-            if not flags & F_BIT:
-                raise RemoteProtocolError("Data-In with status but without the F bit")
-            self._status_sn(statsn)
-            self._complete(task, status, b"", residual, flags)
+        raise RemoteProtocolError(placement_error or (
+            f"Data-In out of order for ITT 0x{task.itt:08x}: DataSN {datasn} at offset {off}, "
+            f"expected DataSN {task.exp_datasn} at offset {task.next_offset}"))
 
     def _on_scsi_response(self, frame: Frame) -> None:
         (_, flags, response, status, _, itt, _snack, statsn, exp_cmdsn, max_cmdsn, exp_datasn,
          _bidi, residual) = S_SCSI_RESPONSE.unpack_from(frame.header)
-        self._window(exp_cmdsn, max_cmdsn)
         task = self.tasks.get(itt)
         if task is None:
             raise RemoteProtocolError(f"SCSI Response for unknown task ITT 0x{itt:08x}")
         if not frame.data_digest_ok:
             self._bad_data_digest(task, "SCSI Response sense data")
-            return
-        self._status_sn(statsn)
-        if task.read_buf is not None and serial.gt(exp_datasn, task.exp_datasn) and (
-            response == 0
-        ):
-            if self.erl >= 1:
+        else:
+            self._status_sn(statsn)
+            if task.read_buf is not None and serial.gt(exp_datasn, task.exp_datasn) and (
+                response == 0
+            ):
+                if self.erl == 0:
+                    raise RemoteProtocolError(f"status for ITT 0x{itt:08x} after "
+                                              f"{task.exp_datasn} of {exp_datasn} Data-In PDUs")
                 self._snack_data(task, f"status names {exp_datasn} Data-In PDUs, "
                                        f"{task.exp_datasn} arrived")
-                return
-            raise RemoteProtocolError(
-                f"status for ITT 0x{itt:08x} after {task.exp_datasn} of {exp_datasn} Data-In PDUs")
-        if response != 0:
-            self._finish(task, TargetFailure(
-                f"target failure (iSCSI response 0x{response:02x}) for ITT 0x{itt:08x}"))
-            return
-        self._complete(task, status, sense_from_segment(frame.data), residual, flags)
+            elif response != 0:
+                self._finish(task, TargetFailure(
+                    f"target failure (iSCSI response 0x{response:02x}) for ITT 0x{itt:08x}"))
+            else:
+                self._complete(task, status, sense_from_segment(frame.data), residual, flags)
+        self._window(exp_cmdsn, max_cmdsn)
 
     def _complete(self, task: Task, status: int, sense: bytes, residual: int, flags: int) -> None:
         task.status = status
@@ -661,10 +668,10 @@ class Connection:
          length) = S_R2T.unpack_from(frame.header)
         if frame.data:
             raise RemoteProtocolError("R2T with a data segment")
-        self._window(exp_cmdsn, max_cmdsn)
         task = self.tasks.get(itt)
         if task is None or task.write_buf is None:
             raise RemoteProtocolError(f"R2T for unknown or non-write task ITT 0x{itt:08x}")
+        self._window(exp_cmdsn, max_cmdsn)
         if ttt == RESERVED_TAG:
             raise RemoteProtocolError("R2T with the reserved Target Transfer Tag")
         if length == 0 or off + length > task.expected_length:
@@ -702,29 +709,29 @@ class Connection:
     # Handlers for the PDUs off the hot path.
 
     def _on_nop_in(self, pdu: NopIn) -> None:
-        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         if pdu.itt != RESERVED_TAG:
             if self._other_itts.pop(pdu.itt, None) != "ping":
                 raise RemoteProtocolError(f"NOP-In for unknown ping ITT 0x{pdu.itt:08x}")
             self.tags.release(pdu.itt)
             self._status_sn(pdu.statsn)
             self.events.append(PingReply(itt=pdu.itt, data=pdu.data))
+        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         if pdu.ttt != RESERVED_TAG:
             # The target pings us: echo with its TTT, ITT reserved, not advancing CmdSN.
             self._send_pdu(NopOut(immediate=True, lun=pdu.lun, itt=RESERVED_TAG, ttt=pdu.ttt,
                                   cmdsn=self.cmdsn, exp_statsn=self.exp_statsn, data=pdu.data))
 
     def _on_tmf_response(self, pdu: TaskMgmtResponse) -> None:
-        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         self._status_sn(pdu.statsn)
+        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         if self._other_itts.pop(pdu.itt, None) != "tmf":
             raise RemoteProtocolError(f"task management response for unknown ITT 0x{pdu.itt:08x}")
         self.tags.release(pdu.itt)
         self.events.append(TmfDone(itt=pdu.itt, response=pdu.response))
 
     def _on_text_response(self, pdu: TextResponse) -> None:
-        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         self._status_sn(pdu.statsn)
+        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         buf = self._text.get(pdu.itt)
         if buf is None:
             raise RemoteProtocolError(f"text response for unknown ITT 0x{pdu.itt:08x}")
@@ -744,8 +751,8 @@ class Connection:
             self.text(b"", ttt=pdu.ttt, itt=pdu.itt)  # ask for the next part
 
     def _on_logout_response(self, pdu: LogoutResponse) -> None:
-        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         self._status_sn(pdu.statsn)
+        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         if self._other_itts.pop(pdu.itt, None) != "logout":
             raise RemoteProtocolError(f"logout response for unknown ITT 0x{pdu.itt:08x}")
         self.tags.release(pdu.itt)
@@ -753,13 +760,13 @@ class Connection:
                                       time2wait=pdu.time2wait, time2retain=pdu.time2retain))
 
     def _on_async(self, pdu: AsyncMessage) -> None:
-        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         self._status_sn(pdu.statsn)
+        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         self.events.append(AsyncReceived(message=pdu))
 
     def _on_reject(self, pdu: Reject) -> None:
-        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         self._status_sn(pdu.statsn)
+        self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         task = None
         itt = RESERVED_TAG
         if len(pdu.data) >= BHS_LEN:
