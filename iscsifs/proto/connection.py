@@ -102,7 +102,7 @@ class Task:
         "lun", "cdb", "read_buf", "write_buf", "expected_length", "attr", "context",
         # Per attempt, owned by the connection.
         "itt", "cmdsn", "exp_datasn", "next_offset", "recovering", "next_r2tsn",
-        "r2ts_open", "unsolicited_sent",
+        "r2ts_open", "unsolicited_sent", "held",
         # Result.
         "done", "status", "sense", "residual", "overflow", "underflow", "error", "attempts",
         "issued_at",
@@ -162,6 +162,9 @@ class Task:
         self.next_r2tsn = 0
         self.r2ts_open = 0
         self.unsolicited_sent = 0
+        # ERL 1: a status that came before all its Data-In, kept until the holes are filled:
+        # (status, sense, residual, flags, the ExpDataSN the status named).
+        self.held: tuple[int, bytes, int, int, int] | None = None
 
     @property
     def is_write(self) -> bool:
@@ -297,6 +300,11 @@ class Connection:
         self.max_text = max_text
         self._error: Exception | None = None
         self._placement_error: str | None = None
+        # StatSN bookkeeping: the StatSN after the highest one received, and (ERL 1) the StatSN
+        # of statuses that must not be acknowledged yet because data before them is missing
+        # (RFC 7143 11.7.2), by ITT. ExpStatSN stops at the oldest of those.
+        self._statsn_next = exp_statsn
+        self._unacked: dict[int, int] = {}
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -442,6 +450,8 @@ class Connection:
         if self.tasks.get(task.itt) is task:
             del self.tasks[task.itt]
             self.tags.release(task.itt)
+            if self._unacked:
+                self._ack_status(task.itt)
         if task in self.pending:
             self.pending.remove(task)
 
@@ -554,8 +564,28 @@ class Connection:
     def _status_sn(self, statsn: int) -> None:
         """A PDU carrying status advances ExpStatSN; a StatSN behind it is a retransmission or
         a broken target, and does not move it back."""
-        if serial.ge(statsn, self.exp_statsn):
-            self.exp_statsn = (statsn + 1) & serial.MASK
+        if serial.ge(statsn, self._statsn_next):
+            self._statsn_next = (statsn + 1) & serial.MASK
+            if self._unacked:
+                self._ack_status(None)
+            else:
+                self.exp_statsn = self._statsn_next
+
+    def _hold_status(self, itt: int, statsn: int) -> None:
+        """Receive a StatSN without acknowledging it (nor any after it) yet."""
+        self._unacked.setdefault(itt, statsn)
+        self._status_sn(statsn)
+
+    def _ack_status(self, itt: int | None) -> None:
+        """Release the hold of task itt (if any) and move ExpStatSN up to the oldest hold."""
+        if itt is not None and self._unacked.pop(itt, None) is None:
+            return
+        exp = self._statsn_next
+        for sn in self._unacked.values():
+            if serial.lt(sn, exp):
+                exp = sn
+        if serial.gt(exp, self.exp_statsn):
+            self.exp_statsn = exp
 
     def _on_data_in(self, frame: Frame) -> None:
         (_, flags, _, status, _, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn, datasn, off,
@@ -572,8 +602,12 @@ class Connection:
             frame.data or datasn != task.exp_datasn or off != task.next_offset
         ):
             self._unplaced_data_in(task, datasn, off, placement_error)
+            if flags & DATA_IN_STATUS and task.recovering:
+                self._hold_status(itt, statsn)  # dropped: not acknowledged before its resend
         elif not frame.data_digest_ok:
             self._bad_data_digest(task, f"Data-In DataSN {datasn}")
+            if flags & DATA_IN_STATUS and task.recovering:
+                self._hold_status(itt, statsn)
         else:
             task.recovering = False
             task.exp_datasn = (datasn + 1) & serial.MASK
@@ -589,6 +623,9 @@ class Connection:
                     raise RemoteProtocolError("Data-In with status but without the F bit")
                 self._status_sn(statsn)
                 self._complete(task, status, b"", residual, flags)
+            elif task.held is not None and not serial.lt(task.exp_datasn, task.held[4]):
+                held = task.held  # the holes before a status are filled: it stands now
+                self._complete(task, held[0], held[1], held[2], held[3])
         # The window last: the commands it releases carry the ExpStatSN this PDU advanced, and
         # a PDU is only ever matched against tasks that existed when it arrived.
         self._window(exp_cmdsn, max_cmdsn)
@@ -616,17 +653,21 @@ class Connection:
             raise RemoteProtocolError(f"SCSI Response for unknown task ITT 0x{itt:08x}")
         if not frame.data_digest_ok:
             self._bad_data_digest(task, "SCSI Response sense data")
+        elif task.read_buf is not None and serial.gt(exp_datasn, task.exp_datasn) and (
+            response == 0
+        ):
+            if self.erl == 0:
+                raise RemoteProtocolError(f"status for ITT 0x{itt:08x} after "
+                                          f"{task.exp_datasn} of {exp_datasn} Data-In PDUs")
+            # ERL 1: ask for the missing Data-In and keep the status, unacknowledged, until
+            # they are in (a Data SNACK does not make the target send the status again).
+            task.held = (status, sense_from_segment(frame.data), residual, flags, exp_datasn)
+            self._hold_status(itt, statsn)
+            self._snack_data(task, f"status names {exp_datasn} Data-In PDUs, "
+                                   f"{task.exp_datasn} arrived")
         else:
             self._status_sn(statsn)
-            if task.read_buf is not None and serial.gt(exp_datasn, task.exp_datasn) and (
-                response == 0
-            ):
-                if self.erl == 0:
-                    raise RemoteProtocolError(f"status for ITT 0x{itt:08x} after "
-                                              f"{task.exp_datasn} of {exp_datasn} Data-In PDUs")
-                self._snack_data(task, f"status names {exp_datasn} Data-In PDUs, "
-                                       f"{task.exp_datasn} arrived")
-            elif response != 0:
+            if response != 0:
                 self._finish(task, TargetFailure(
                     f"target failure (iSCSI response 0x{response:02x}) for ITT 0x{itt:08x}"))
             else:
@@ -647,9 +688,8 @@ class Connection:
             want = task.expected_length - task.residual if task.underflow else (
                 task.expected_length)
             if task.next_offset < want:
-                if self.erl >= 1:
-                    self._snack_data(task, "status arrived before all data")
-                    return
+                # Every Data-In the target sent is in (holes are found by DataSN): it just
+                # sent too little. Nothing to recover, and not a success.
                 self._finish(task, RemoteProtocolError(
                     f"GOOD status for ITT 0x{task.itt:08x} with {task.next_offset} of "
                     f"{want} bytes received"))
@@ -659,6 +699,8 @@ class Connection:
     def _finish(self, task: Task, error: Exception | None) -> None:
         del self.tasks[task.itt]
         self.tags.release(task.itt)
+        if self._unacked:
+            self._ack_status(task.itt)
         task.error = error
         task.done = True
         self.completed.append(task)
