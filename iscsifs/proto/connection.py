@@ -605,6 +605,9 @@ class Connection:
             if flags & DATA_IN_STATUS and task.recovering:
                 self._hold_status(itt, statsn)  # dropped: not acknowledged before its resend
         elif not frame.data_digest_ok:
+            # Its bytes are in the buffer but not counted; the resend overwrites them. A damaged
+            # resend is asked for again rather than waited for.
+            task.recovering = False
             self._bad_data_digest(task, f"Data-In DataSN {datasn}")
             if flags & DATA_IN_STATUS and task.recovering:
                 self._hold_status(itt, statsn)
