@@ -655,7 +655,16 @@ class Connection:
         if task is None:
             raise RemoteProtocolError(f"SCSI Response for unknown task ITT 0x{itt:08x}")
         if not frame.data_digest_ok:
-            self._bad_data_digest(task, "SCSI Response sense data")
+            if self.erl == 0:
+                raise DataDigestError("data digest error on a SCSI Response")
+            # The status is what was lost: a Status SNACK asks for that StatSN again (RFC 7143
+            # 11.16.1, ITT reserved), and it is not acknowledged meanwhile.
+            self._hold_status(itt, statsn)
+            self._send_pdu(SnackRequest(snack_type=SnackType.STATUS, itt=RESERVED_TAG,
+                                        exp_statsn=self.exp_statsn, begrun=statsn,
+                                        run_length=1))
+            self.events.append(RecoveryStarted(
+                task=task, reason=f"data digest error on the status (StatSN {statsn})"))
         elif task.read_buf is not None and serial.gt(exp_datasn, task.exp_datasn) and (
             response == 0
         ):
