@@ -245,7 +245,10 @@ class Session:
             done = trio.Event()
             task.context = done
             live = self._live
-            if live is not None and self.state is State.CONNECTED and not live.draining:
+            # A connection already lost (lost is set) but not yet cleaned up would raise its
+            # failure from submit(): such commands wait for the next connection instead.
+            if (live is not None and live.lost is None and self.state is State.CONNECTED
+                    and not live.draining):
                 task.issued_at = trio.current_time()
                 live.conn.submit(task)
                 self._flush(live)
