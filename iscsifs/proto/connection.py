@@ -31,6 +31,7 @@ from .pdu import (
     F_BIT,
     FLAG_OVERFLOW,
     FLAG_UNDERFLOW,
+    I_BIT,
     S_DATA_IN,
     S_DATA_OUT,
     S_R2T,
@@ -68,6 +69,7 @@ _OP_SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
 _OP_R2T = int(Opcode.R2T)
 _OP_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)
 _OP_DATA_OUT = int(Opcode.DATA_OUT)
+_OPS_WITH_CMDSN = frozenset({_OP_SCSI_COMMAND, int(Opcode.TEXT_REQUEST), int(Opcode.NOP_OUT)})
 
 
 class Params(Protocol):
@@ -823,22 +825,37 @@ class Connection:
         self._window(pdu.exp_cmdsn, pdu.max_cmdsn)
         task = None
         itt = RESERVED_TAG
-        if len(pdu.data) >= BHS_LEN:
-            itt = int.from_bytes(pdu.data[16:20], "big")
+        rejected = pdu.data
+        if len(rejected) >= BHS_LEN:
+            itt = int.from_bytes(rejected[16:20], "big")
+            op = rejected[0] & 0x3F
+            # The CmdSN of a rejected non-immediate command is not counted by the target
+            # (RFC 7143 11.17.1): unless it is sent again, every later command waits behind it.
+            gap = op in _OPS_WITH_CMDSN and not rejected[0] & I_BIT
             if self._other_itts.pop(itt, None) is not None:
                 self.tags.release(itt)
                 self._text.pop(itt, None)
+                if gap:
+                    self._plug(int.from_bytes(rejected[24:28], "big"))
             task = self.tasks.get(itt)
-        if task is not None:
-            if pdu.reason == RejectReason.DATA_DIGEST_ERROR:
-                # Our Data-Out arrived damaged. At ERL 1 a recovery R2T asks for it again.
-                if self.erl == 0:
-                    raise DataDigestError("the target found a data digest error in our Data-Out")
-            else:
-                # The command (or its data) was refused: no status will come for it.
-                self._finish(task, RemoteProtocolError(
-                    f"target rejected the command (reason 0x{pdu.reason:02x})"))
+            if task is not None:
+                if pdu.reason != RejectReason.DATA_DIGEST_ERROR:
+                    # The command (or its data) was refused: no status will come for it.
+                    self._finish(task, RemoteProtocolError(
+                        f"target rejected the command (reason 0x{pdu.reason:02x})"))
+                    if gap and op == _OP_SCSI_COMMAND:
+                        self._plug(task.cmdsn)
+                elif self.erl == 0:
+                    raise DataDigestError("the target found a data digest error in our PDU")
+                # At ERL 1 our Data-Out arrived damaged: a recovery R2T will ask for it again.
         self.events.append(RejectReceived(reject=pdu, itt=itt, task=task))
+
+    def _plug(self, cmdsn: int) -> None:
+        """Fill the CmdSN hole of a rejected command with a non-immediate NOP-Out carrying that
+        CmdSN (a ping: its NOP-In comes back as a PingReply)."""
+        itt = self.tags.allocate()
+        self._other_itts[itt] = "ping"
+        self._send_pdu(NopOut(immediate=False, itt=itt, cmdsn=cmdsn, exp_statsn=self.exp_statsn))
 
 
 _HANDLERS: dict[type, Any] = {
