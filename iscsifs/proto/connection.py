@@ -340,6 +340,11 @@ class Connection:
         task.cmdsn = cmdsn = self.cmdsn
         self.cmdsn = (cmdsn + 1) & serial.MASK
         self.tasks[itt] = task
+        self._send_command(task)
+
+    def _send_command(self, task: Task) -> None:
+        """The SCSI Command PDU of the task's attempt (its ITT and CmdSN), with immediate data
+        and unsolicited Data-Out."""
         length = task.expected_length
         p = self.params
         imm: Buffer = b""
@@ -359,7 +364,8 @@ class Connection:
             flags |= CMD_READ
         n = len(imm)
         header = S_SCSI_COMMAND.pack(
-            _OP_SCSI_COMMAND, flags, 0, n, task.lun, itt, length, cmdsn, self.exp_statsn, task.cdb
+            _OP_SCSI_COMMAND, flags, 0, n, task.lun, task.itt, length, task.cmdsn,
+            self.exp_statsn, task.cdb,
         )
         self._emit(header, imm)
         if wbuf is not None and task.unsolicited_sent > n:
@@ -847,7 +853,12 @@ class Connection:
                         self._plug(task.cmdsn)
                 elif self.erl == 0:
                     raise DataDigestError("the target found a data digest error in our PDU")
-                # At ERL 1 our Data-Out arrived damaged: a recovery R2T will ask for it again.
+                elif op == _OP_SCSI_COMMAND:
+                    # Its immediate data arrived damaged and the target discarded the whole
+                    # command: send it again, same ITT and CmdSN (RFC 7143 7.2.1, 7.8).
+                    task.next_r2tsn = 0
+                    self._send_command(task)
+                # else our Data-Out arrived damaged: a recovery R2T will ask for it again.
         self.events.append(RejectReceived(reject=pdu, itt=itt, task=task))
 
     def _plug(self, cmdsn: int) -> None:
