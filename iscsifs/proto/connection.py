@@ -258,7 +258,8 @@ class Connection:
     """Full feature phase of one connection.
 
     cmdsn / exp_statsn / exp_cmdsn / max_cmdsn are where the login left them. max_text is the
-    cap on an assembled text response (a target that never stops sending is refused).
+    cap on an assembled text response and max_text_pdus on the PDUs it may take (a target that
+    never stops sending, even empty parts, is refused).
     """
 
     def __init__(
@@ -272,6 +273,7 @@ class Connection:
         cid: int = 0,
         first_itt: int = 1,
         max_text: int = 1 << 20,
+        max_text_pdus: int = 4096,
     ) -> None:
         self.params = params
         self.cid = cid
@@ -300,6 +302,8 @@ class Connection:
         self._other_itts: dict[int, str] = {}  # ITT -> "ping" | "tmf" | "text" | "logout"
         self._text: dict[int, bytearray] = {}
         self.max_text = max_text
+        self.max_text_pdus = max_text_pdus
+        self._text_pdus: dict[int, int] = {}  # ITT -> text response PDUs received
         self._error: Exception | None = None
         self._placement_error: str | None = None
         # StatSN bookkeeping: the StatSN after the highest one received, and (ERL 1) the StatSN
@@ -801,9 +805,14 @@ class Connection:
             raise RemoteProtocolError("text response with both F and C bits")
         if len(buf) + len(pdu.data) > self.max_text:
             raise RemoteProtocolError(f"text response longer than {self.max_text} bytes")
+        count = self._text_pdus.get(pdu.itt, 0) + 1
+        if count > self.max_text_pdus:
+            raise RemoteProtocolError(f"text response in more than {self.max_text_pdus} PDUs")
+        self._text_pdus[pdu.itt] = count
         buf += pdu.data
         if pdu.final:
             del self._text[pdu.itt]
+            self._text_pdus.pop(pdu.itt, None)
             del self._other_itts[pdu.itt]
             self.tags.release(pdu.itt)
             self.events.append(TextReply(itt=pdu.itt, data=bytes(buf)))
@@ -841,6 +850,7 @@ class Connection:
             if self._other_itts.pop(itt, None) is not None:
                 self.tags.release(itt)
                 self._text.pop(itt, None)
+                self._text_pdus.pop(itt, None)
                 if gap:
                     self._plug(int.from_bytes(rejected[24:28], "big"))
             task = self.tasks.get(itt)
