@@ -747,8 +747,9 @@ class Connection:
             raise RemoteProtocolError(
                 f"R2T asks for {length} bytes, over MaxBurstLength {self.params.max_burst_length}")
         if r2tsn != task.next_r2tsn:
-            # A recovery R2T (ERL 1) repeats an earlier R2TSN for data the target lost.
-            if not (self.erl >= 1 and serial.lt(r2tsn, task.next_r2tsn)):
+            # A recovery R2T (ERL 1) repeats an R2TSN already used (they start at 0 for each
+            # task and cannot wrap: a plain comparison, not serial arithmetic).
+            if not (self.erl >= 1 and r2tsn < task.next_r2tsn):
                 raise RemoteProtocolError(
                     f"R2TSN {r2tsn} for ITT 0x{itt:08x}, expected {task.next_r2tsn}")
         else:
