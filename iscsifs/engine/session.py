@@ -368,6 +368,11 @@ class Session:
                             break
                         if self.state is State.CONNECTING:
                             self._set_state(State.FAILED)
+                            # No connection was lost, so no hold time runs: I/O queued during
+                            # this first attempt fails now, as new I/O does while FAILED.
+                            self._fail_waiting(SessionUnavailable(
+                                f"{self.settings.target_name} at {self.settings.portal} "
+                                f"unavailable: {e}"))
                         wait = backoff * (0.5 + random.random())
                         backoff = min(backoff * 2, self.settings.timeouts.reconnect_max)
                         if isinstance(e, LoginError) and not e.retryable:
