@@ -610,6 +610,12 @@ class Session:
             if ev.itt == live.ping_itt:
                 live.ping_itt = None
         elif isinstance(ev, TmfDone | LogoutDone | TextReply):
+            if isinstance(ev, LogoutDone) and live.lost is None:
+                # The target closes the connection after its Logout Response, and the reader
+                # may see that close first: it is the logout, not a failure.
+                live.lost = _ConnectionLost(
+                    "logged out at the target's request; logging in again" if self._want
+                    else "logged out", planned=True)
             waiter = live.waiters.pop(ev.itt, None)
             if waiter is not None:
                 waiter[1].append(ev)
