@@ -551,9 +551,11 @@ class Daemon:
         cmd = words[0].lower()
         if cmd == "sendtargets":
             if len(words) not in (2, 4) or (len(words) == 4 and words[2] != "-security"):
-                raise CommandError("usage: sendtargets ADDRESS[:PORT] [-security CHAP,...]")
+                raise CommandError("usage: sendtargets ADDRESS[:PORT] [-security CHAP,...|NONE]")
             host, port = parse_address(words[1])
-            security = parse_security(words[3]) if len(words) == 4 else None
+            # NONE is accepted so that a -discoverySecurity NONE passes straight through.
+            security = (parse_security(words[3], allow_none=True) if len(words) == 4
+                        else None)
             found = await self.discover_sendtargets(host, port, security)
         elif cmd == "isns":
             if len(words) > 2:
@@ -689,7 +691,9 @@ class Daemon:
             added.append(t.name)
             log.info("added %s at %s", t.name, at)
         if errors and not added:
-            raise CommandError("\n".join(e.removeprefix("ERROR. ") for e in errors))
+            # fs.py puts "ERROR. " before the message: every further line keeps its own.
+            raise CommandError("\n".join(errors).removeprefix("ERROR. "),
+                               errno.EEXIST if not missing else errno.ENOENT)
         return "".join(f"added\t{n}\n" for n in added) + "".join(e + "\n" for e in errors)
 
     async def remove_targets(self, host: str, port: int, names: list[str]) -> str:
@@ -699,9 +703,12 @@ class Daemon:
         if names != ["All"]:
             unknown = set(names) - {t.name for t in matching}
             if unknown:
-                raise CommandError("; ".join(
-                    f'Target "{n}" has not been added at {at}' for n in sorted(unknown)))
+                raise CommandError("\nERROR. ".join(
+                    f'Target "{n}" has not been added at {at}.' for n in sorted(unknown)),
+                    errno.ENOENT)
             matching = [t for t in matching if t.name in names]
+        if not matching:
+            raise CommandError(f"No targets have been added at {at}.", errno.ENOENT)
         removed = []
         for t in matching:
             for key, state in list(self.states.items()):
