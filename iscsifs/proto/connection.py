@@ -73,18 +73,29 @@ _OPS_WITH_CMDSN = frozenset({_OP_SCSI_COMMAND, int(Opcode.TEXT_REQUEST), int(Opc
 
 
 class Params(Protocol):
-    """What the connection needs of the negotiated parameters (text.NegotiatedParams)."""
+    """What the connection needs of the negotiated parameters (text.NegotiatedParams, a frozen
+    dataclass: the members are read-only properties so that it matches)."""
 
-    header_digest: bool
-    data_digest: bool
-    max_recv_data_segment_length: int
-    max_xmit_data_segment_length: int
-    max_burst_length: int
-    first_burst_length: int
-    initial_r2t: bool
-    immediate_data: bool
-    max_outstanding_r2t: int
-    error_recovery_level: int
+    @property
+    def header_digest(self) -> bool: ...
+    @property
+    def data_digest(self) -> bool: ...
+    @property
+    def max_recv_data_segment_length(self) -> int: ...
+    @property
+    def max_xmit_data_segment_length(self) -> int: ...
+    @property
+    def max_burst_length(self) -> int: ...
+    @property
+    def first_burst_length(self) -> int: ...
+    @property
+    def initial_r2t(self) -> bool: ...
+    @property
+    def immediate_data(self) -> bool: ...
+    @property
+    def max_outstanding_r2t(self) -> int: ...
+    @property
+    def error_recovery_level(self) -> int: ...
 
 
 class TargetFailure(RemoteProtocolError):
