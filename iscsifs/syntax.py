@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -73,9 +74,20 @@ _VALID_COMBINATIONS = (
 )
 
 
+# A first item this short and plain is a protocol name gone wrong (KRB5, SRP): safe to repeat.
+# Anything else may be a secret typed in the wrong place.
+_PROTOCOL_WORD = re.compile(r"[A-Za-z0-9]{1,8}")
+
+
 def parse_security(text: str, *, option: str = "-security", allow_none: bool = False) -> Security:
     """-security / -discoverySecurity: "<Protocol>,<Option>,...". Protocol CHAP, or NONE where
-    allowed (-discoverySecurity)."""
+    allowed (-discoverySecurity).
+
+    Messages name items by position and repeat only known option names: a secret with an
+    unescaped comma splits into items that must not be echoed to a terminal or a log."""
+    allowed = "NONE or CHAP" if allow_none else "CHAP"
+    if not text.strip():
+        raise SyntaxProblem(f"{option} needs <Protocol>,<Option>,... (protocol {allowed})")
     parts = split_escaped(text)
     protocol = parts[0]
     if protocol.upper() == "NONE" and allow_none:
@@ -83,18 +95,21 @@ def parse_security(text: str, *, option: str = "-security", allow_none: bool = F
             raise SyntaxProblem(f"{option} NONE takes no options")
         return Security(method="None")
     if protocol != "CHAP":
-        allowed = "NONE or CHAP" if allow_none else "CHAP"
-        raise SyntaxProblem(f"{option}: unknown security protocol {protocol!r}; available: "
-                            f"{allowed}")
+        what = (f"unknown security protocol {protocol!r}" if _PROTOCOL_WORD.fullmatch(protocol)
+                else "the first item must be the security protocol")
+        raise SyntaxProblem(f"{option}: {what}; available: {allowed}")
     values: dict[str, object] = {}
-    for part in parts[1:]:
+    after_secret = False
+    for number, part in enumerate(parts[1:], start=2):
         key, eq, value = part.partition("=")
-        if not eq:
-            raise SyntaxProblem(f"{option}: {key!r} is not Option=Value")
-        field = _SECURITY_KEYS.get(key)
+        field = _SECURITY_KEYS.get(key) if eq else None
         if field is None:
-            raise SyntaxProblem(f"{option}: unknown option {key!r}; options: "
-                                f"{', '.join(_SECURITY_KEYS)}")
+            hint = " (an unescaped comma in a secret? write \\, for a comma)" if (
+                after_secret) else ""
+            what = (f"unknown option {key!r}" if eq and key.isalpha() and not after_secret
+                    else f"item {number} is not a known Option=Value")
+            raise SyntaxProblem(f"{option}: {what}{hint}; options: {', '.join(_SECURITY_KEYS)}")
+        after_secret = key in _SECRET_KEYS
         if field in values:
             raise SyntaxProblem(f"{option}: {key} given twice")
         if key == "MutualAuthentication":
@@ -112,6 +127,21 @@ def parse_security(text: str, *, option: str = "-security", allow_none: bool = F
         return Security(method="CHAP", **values)  # type: ignore[arg-type]
     except ConfigError as e:
         raise SyntaxProblem(f"{option}: {e}") from None
+
+
+def secret_values(text: str) -> list[str]:
+    """The TargetSecret / InitiatorSecret values in a -security string, unescaped, so that a
+    caller can make sure none of them is ever printed. Never raises."""
+    try:
+        parts = split_escaped(text)
+    except SyntaxProblem:
+        parts = text.split(",")
+    out = []
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if eq and key in _SECRET_KEYS and value:
+            out.append(value)
+    return out
 
 
 def format_security(sec: Security | None) -> str:
@@ -169,16 +199,24 @@ def parse_options(text: str, *, option: str) -> dict[str, object]:
                 raise SyntaxProblem(f"{option}: {key} must be 0 or 1")
             out[spec.field] = int(value)
         else:
-            if not value.isdigit() or not 512 <= int(value) <= 16777215:
+            if not (value.isascii() and value.isdigit()) or not 512 <= int(value) <= 16777215:
                 raise SyntaxProblem(f"{option}: {key} must be an integer from 512 to 16777215")
             out[spec.field] = int(value)
     return out
 
 
 def apply_options(base: LoginParams, overrides: Mapping[str, object]) -> LoginParams:
-    """LoginParams with overrides, validated together (FirstBurst <= MaxBurst...)."""
+    """LoginParams with overrides, validated together (FirstBurst <= MaxBurst...).
+
+    A MaxBurstLength below the base FirstBurstLength, with no FirstBurstLength given, takes
+    FirstBurstLength down with it: the manual's own example (-session MaxBurstLength=1024) must
+    work against the default FirstBurstLength of 64 KiB (RFC 7143 13.14 wants First <= Max)."""
     import dataclasses
 
+    most = overrides.get("max_burst_length")
+    if (isinstance(most, int) and "first_burst_length" not in overrides
+            and base.first_burst_length > most):
+        overrides = {**overrides, "first_burst_length": most}
     try:
         return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
     except ConfigError as e:
