@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections import deque
@@ -249,8 +250,7 @@ class Session:
             # failure from submit(): such commands wait for the next connection instead.
             if (live is not None and live.lost is None and self.state is State.CONNECTED
                     and not live.draining):
-                task.issued_at = trio.current_time()
-                live.conn.submit(task)
+                self._submit(live, task)
                 self._flush(live)
             else:
                 self._waiting.append(task)
@@ -543,15 +543,32 @@ class Session:
         return live.lost
 
     def _resubmit(self, live: _Live) -> None:
-        now = trio.current_time()
         waiting = self._waiting
         while waiting:
             task = waiting.popleft()
             if task.context is None:  # its caller went away
                 continue
-            task.issued_at = now
-            live.conn.submit(task)
+            self._submit(live, task)
         self._flush(live)
+
+    @staticmethod
+    def _submit(live: _Live, task: Task) -> None:
+        """Hand a task to the connection. Its command timeout runs from when it is sent: one
+        held back by a closed CmdSN window is stamped when the window opens (_stamp_sent)."""
+        conn = live.conn
+        conn.submit(task)
+        if conn.pending:  # FIFO: anything still pending includes this task, the newest
+            task.issued_at = math.inf
+        else:
+            task.issued_at = trio.current_time()
+
+    @staticmethod
+    def _stamp_sent(conn: Connection) -> None:
+        """After a receive that may have opened the window: stamp the tasks it let go."""
+        now = trio.current_time()
+        for task in conn.tasks.values():
+            if task.issued_at == math.inf:
+                task.issued_at = now
 
     def _lose(self, live: _Live, lost: _ConnectionLost) -> None:
         if live.lost is None:
@@ -569,7 +586,10 @@ class Session:
                 if n == 0:
                     n = await transport.recv_into(conn.get_buffer())
                     count = 0
+                held = bool(conn.pending)
                 conn.buffer_updated(n)
+                if held:
+                    self._stamp_sent(conn)
                 self._dispatch(live)
                 count += 1
                 if count >= 16:  # data keeps coming: let woken callers run
@@ -758,8 +778,7 @@ class Session:
                     self._finish_error(task, CommandFailed(
                         f"{scsi.cdb_name(task.cdb)} timed out {task.attempts} times"))
                 else:
-                    task.issued_at = trio.current_time()
-                    live.conn.submit(task)
+                    self._submit(live, task)
                     self._flush(live)
                 return
             log.warning("%s: ABORT TASK %s: sending LOGICAL UNIT RESET", portal,
@@ -772,8 +791,7 @@ class Session:
                 log.warning("%s: LUN reset; re-issuing its commands", portal)
                 for other in [x for x in live.conn.tasks.values() if x.lun == task.lun]:
                     live.conn.forget(other)
-                    other.issued_at = trio.current_time()
-                    live.conn.submit(other)
+                    self._submit(live, other)
                 self._flush(live)
                 return
             log.error("%s: LOGICAL UNIT RESET %s: dropping the connection", portal,

@@ -380,6 +380,27 @@ async def test_command_timeout_drops_the_connection(autojump_clock: Any,
     assert any("LOGICAL UNIT RESET got no answer: dropping the connection" in m for m in log)
 
 
+async def test_command_timeout_counts_from_when_the_command_was_sent(
+        autojump_clock: Any) -> None:
+    """A command held back by a closed CmdSN window is not charged for the time it waited:
+    its timeout starts when it goes out to the target."""
+    fake = FakeTarget(window=1)
+    async with running(fake) as (s, nursery):
+        fake.hold_next = 2
+        first = spawn(nursery, read_blocks, s, 1, 0, 1)
+        await wait_for(lambda: fake.outstanding == 1)
+        second = spawn(nursery, read_blocks, s, 1, 1, 1)
+        await trio.sleep(9)
+        assert len(fake.commands) == 1  # the second waits for the window
+        t_sent = trio.current_time()
+        await fake.release()  # answers the first; the second goes out now and is held
+        await wait_for(lambda: second.done, step=0.5)
+        assert first.time == t_sent
+        assert [(t, r.function) for t, r in fake.current.tmfs] == [
+            (t_sent + T.command, TmfFunction.ABORT_TASK)]
+        assert second.value == disk_bytes(fake, 1, 1) and second.time == t_sent + T.command
+
+
 # -- digest errors ----------------------------------------------------------------------------
 
 DIGESTS = {"HeaderDigest": "CRC32C", "DataDigest": "CRC32C", "MaxRecvDataSegmentLength": "4096"}
