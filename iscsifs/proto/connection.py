@@ -6,11 +6,27 @@
 # It owns no socket and no clock. The engine feeds received bytes through get_buffer() /
 # buffer_updated(n), sends what take_outbound() returns, and reads what happened from
 # `completed` (finished Tasks) and `events`. Tasks belong to the session, not to a connection:
-# when a connection dies the engine re-issues its unfinished tasks on the next one (reset()).
+# when a connection dies the engine re-issues its unfinished() tasks on the next one.
 #
 # Every check a hostile target could defeat is made before a byte lands in a caller's buffer:
 # the placer only ever hands out a slice of the buffer of the task the PDU names, at exactly the
 # offset the data sequence must be at. Protocol errors are sticky: the connection is then dead.
+# What a target that breaks the rules gets:
+# - RemoteProtocolError (sticky): a PDU for an unknown, finished or wrong-direction task; Data-In
+#   out of sequence or past the transfer (ERL 0); an R2T out of bounds, of length 0, over
+#   MaxBurstLength, with a bad R2TSN or the reserved TTT; a segment over our
+#   MaxRecvDataSegmentLength (refused from its header); a PDU type with no place here; a text
+#   response over max_text bytes or max_text_pdus PDUs. DataDigestError / HeaderDigestError
+#   for digests, except what ERL 1 recovers.
+# - Ignored: a StatSN behind ExpStatSN, a MaxCmdSN behind ours or below ExpCmdSN - 1 (RFC 7143
+#   4.2.2.1). A StatSN ahead is followed (no Status SNACK for the gap).
+# - The task finished with an error, the connection kept: GOOD with too little data and no
+#   missing DataSN, a residual larger than the transfer, target failure, a Reject of the command
+#   (whose CmdSN is then plugged with a NOP-Out).
+# - ERL 1: a DataSN gap or damaged Data-In sends one Data SNACK (BegRun = first missing DataSN,
+#   RunLength 0) and drops later PDUs until the resend; duplicates are dropped; a status that
+#   comes early is kept, unacknowledged, until the data is in; a damaged SCSI Response gets a
+#   Status SNACK.
 
 from __future__ import annotations
 
