@@ -249,6 +249,21 @@ async def test_check_condition_is_raised(autojump_clock: Any) -> None:
         assert s.state is State.CONNECTED
 
 
+async def test_target_ping_is_echoed(autojump_clock: Any) -> None:
+    """A NOP-In with a Target Transfer Tag asks for a NOP-Out echo (RFC 7143 11.19)."""
+    fake = FakeTarget()
+    async with running(fake) as s:
+        conn = fake.current
+        exp, mx = conn._window()
+        await conn.send(P.NopIn(itt=P.RESERVED_TAG, ttt=0x55, statsn=conn.statsn,
+                                exp_cmdsn=exp, max_cmdsn=mx, data=b"ping!"))
+        await wait_for(lambda: any(isinstance(p, P.NopOut) for p in conn.received))
+        echo = [p for p in conn.received if isinstance(p, P.NopOut)]
+        assert [(p.itt, p.ttt, p.data, p.immediate) for p in echo] == [
+            (P.RESERVED_TAG, 0x55, b"ping!", True)]
+        assert s.state is State.CONNECTED
+
+
 # -- logout -----------------------------------------------------------------------------------
 
 
