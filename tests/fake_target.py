@@ -400,11 +400,9 @@ class FakeConnection:
         self.tasks.clear()
 
     async def drop(self) -> None:
-        """Close the connection now (from a test or a fault), discarding its tasks."""
-        self.closed_at = trio.current_time()
-        self.closed = True
-        self.tasks.clear()
-        self.sock.close()
+        """Close the connection now (from a test), discarding its tasks; a reset when the
+        target's `reset` is set."""
+        self._close_now()
         self.scope.cancel()
         await trio.lowlevel.checkpoint()
 
@@ -822,6 +820,10 @@ class FakeConnection:
         elif d.ttt != task.ttt:
             self._error(f"Data-Out with TTT 0x{d.ttt:08x}, the open R2T has 0x{task.ttt:08x}")
             return
+        elif task.got + len(d.data) > task.r2t_end or d.final != (
+                task.got + len(d.data) == task.r2t_end):
+            self._error(f"Data-Out for {task.got}+{len(d.data)} does not end the R2T burst "
+                        f"at {task.r2t_end} with its F bit")
         end = task.got + len(d.data)
         if end > task.cmd.expected_length:
             self._error("Data-Out beyond the expected transfer length")
