@@ -534,6 +534,31 @@ async def test_async_scsi_event_luns_changed(autojump_clock: Any) -> None:
         assert s.reconnects == 0
 
 
+@pytest.mark.parametrize(("event", "sense", "reconnects", "logged"), [
+    (AsyncEvent.SCSI_ASYNC_EVENT, b"\x7f\x00", 0, "SCSI asynchronous event: undecodable"),
+    (200, b"", 0, "asynchronous message 200 ignored"),
+    (AsyncEvent.TASK_TERMINATION, b"", 1, "target terminated all tasks of a LUN"),
+], ids=["bad-sense", "unknown-event", "task-termination"])
+async def test_other_async_messages(autojump_clock: Any, caplog: pytest.LogCaptureFixture,
+                                    event: int, sense: bytes, reconnects: int,
+                                    logged: str) -> None:
+    fake = FakeTarget()
+    rec = Recorder()
+    async with running(fake, rec) as (s, nursery):
+        fake.hold_next = 1
+        out = spawn(nursery, read_blocks, s, 1, 3, 1)
+        await wait_for(lambda: fake.outstanding == 1)
+        await fake.send_async(event, sense=sense)
+        await trio.sleep(1)
+        if not reconnects:
+            await fake.release()
+        await wait_for(lambda: out.done)
+        assert out.value == disk_bytes(fake, 3, 1)
+        assert s.reconnects == reconnects and s.state is State.CONNECTED
+        assert "luns_changed" not in rec.names()
+    assert any(logged in m for m in messages(caplog))
+
+
 # -- Reject -----------------------------------------------------------------------------------
 
 
