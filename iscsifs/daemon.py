@@ -117,9 +117,9 @@ class PortalState(Listener):
         sec = self.target.security
         chap = mutual = None
         if sec.is_chap and sec.target_user and sec.target_secret is not None:
-            chap = ChapCredentials(sec.target_user, sec.target_secret)
+            chap = ChapCredentials(user=sec.target_user, secret=sec.target_secret)
             if sec.mutual and sec.initiator_user and sec.initiator_secret is not None:
-                mutual = ChapCredentials(sec.initiator_user, sec.initiator_secret)
+                mutual = ChapCredentials(user=sec.initiator_user, secret=sec.initiator_secret)
         return SessionSettings(
             initiator_name=self.daemon.config.initiator.name,
             target_name=self.iqn,
@@ -576,9 +576,9 @@ class Daemon:
         chap = mutual = None
         if security is not None and security.is_chap and security.target_user:
             assert security.target_secret is not None
-            chap = ChapCredentials(security.target_user, security.target_secret)
+            chap = ChapCredentials(user=security.target_user, secret=security.target_secret)
             if security.mutual and security.initiator_user and security.initiator_secret:
-                mutual = ChapCredentials(security.initiator_user, security.initiator_secret)
+                mutual = ChapCredentials(user=security.initiator_user, secret=security.initiator_secret)
         where = format_address(host, port)
         try:
             found = await send_targets(host, port, initiator_name=self.config.initiator.name,
@@ -967,13 +967,20 @@ def umount(config: str | None, mountpoint: str | None, *, timeout: float = 60) -
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             return 0
-        time.sleep(0.05)
+        time.sleep(0.02)
     print(f"ERROR. the daemon (pid {pid}) did not stop within {timeout:g} s", file=sys.stderr)
     return 1
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a foreground daemon's parent may not have reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _find_by_mountpoint(point: str) -> dict[str, Any] | None:
