@@ -300,6 +300,7 @@ class _Proc:
             )
         self.pid = self.popen.pid
         _LIVE[id(self)] = self
+        _hook_sigterm()
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -356,6 +357,27 @@ def _reap_all() -> None:
     for proc in list(_LIVE.values()):
         with contextlib.suppress(Exception):
             proc.terminate(signal.SIGKILL)
+
+
+_HOOKED = False
+
+
+def _hook_sigterm() -> None:
+    """atexit does not run when the process dies of SIGTERM (`timeout pytest`, a CI stop):
+    where nobody else handles SIGTERM, stop our daemons first, then die of it as before."""
+    global _HOOKED
+    if _HOOKED:
+        return
+    _HOOKED = True
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _reap_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _require(*commands: str) -> None:

@@ -424,3 +424,24 @@ def test_teardown_stops_only_its_own_tgtd() -> None:
         stray.wait()
         for name in (f"socket.{control}", f"socket.{control}.lock"):
             Path("/var/run/tgtd", name).unlink(missing_ok=True)
+
+
+def test_sigterm_of_the_test_process_still_stops_the_bed() -> None:
+    # `timeout pytest` or a CI stop kill with SIGTERM, which skips atexit: the bed hooks it.
+    script = (
+        f"import sys, time; sys.path.insert(0, {str(SCRIPTS)!r}); import testbed\n"
+        "t = testbed.Tgtd().start(); lun = t.add_target('iqn.2024-01.test:term', ['1M']).luns[1]\n"
+        "print(t.pid, t.control, lun.path, flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, control, path = child.stdout.readline().split()
+        assert not gone(int(pid))
+        child.terminate()
+        assert child.wait(timeout=TOOL_TIMEOUT) == -15  # it still dies of SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+    assert gone(int(pid))
+    assert not os.path.exists(path)
+    assert not Path(f"/var/run/tgtd/socket.{control}").exists()
