@@ -331,10 +331,10 @@ _PARAM_KEYS: tuple[KeySpec, ...] = (
     _spec("max_recv_data_segment_length", _int(*_BYTES_24), 262144,
           "MaxRecvDataSegmentLength: largest data segment the target may send us",
           iscsi_key="MaxRecvDataSegmentLength"),
-    _spec("first_burst_length", _int(*_BYTES_24), 65536,
+    _spec("first_burst_length", _int(*_BYTES_24), 262144,
           "FirstBurstLength: unsolicited data per write; at most max_burst_length",
           iscsi_key="FirstBurstLength"),
-    _spec("max_burst_length", _int(*_BYTES_24), 262144,
+    _spec("max_burst_length", _int(*_BYTES_24), 1048576,
           "MaxBurstLength: largest data sequence of one read or R2T",
           iscsi_key="MaxBurstLength"),
     _spec("immediate_data", _bool(), True,
@@ -481,8 +481,8 @@ class LoginParams:
     header_digest: str = "None"
     data_digest: str = "None"
     max_recv_data_segment_length: int = 262144
-    first_burst_length: int = 65536
-    max_burst_length: int = 262144
+    first_burst_length: int = 262144
+    max_burst_length: int = 1048576
     immediate_data: bool = True
     initial_r2t: bool = False
     error_recovery_level: int = 0

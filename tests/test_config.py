@@ -80,8 +80,8 @@ EXPECTED_PARAMS = {
     "header_digest": "None",
     "data_digest": "None",
     "max_recv_data_segment_length": 262144,
-    "first_burst_length": 65536,
-    "max_burst_length": 262144,
+    "first_burst_length": 262144,
+    "max_burst_length": 1048576,
     "immediate_data": True,
     "initial_r2t": False,
     "error_recovery_level": 0,
@@ -208,8 +208,8 @@ def test_login_params_offers() -> None:
         "HeaderDigest": "None",
         "DataDigest": "None",
         "MaxRecvDataSegmentLength": "262144",
-        "FirstBurstLength": "65536",
-        "MaxBurstLength": "262144",
+        "FirstBurstLength": "262144",
+        "MaxBurstLength": "1048576",
         "ImmediateData": "Yes",
         "InitialR2T": "No",
         "ErrorRecoveryLevel": "0",
@@ -369,8 +369,8 @@ ERROR_CASES = [
      'mount.point = "mnt/x" is not an absolute path; allowed: an absolute path other than /'),
     ('[mount]\npoint = "//"\n',
      'mount.point = "//" is the root directory; allowed: an absolute path other than /'),
-    (one_target(extra="[target.params]\nfirst_burst_length = 300000\n"),
-     "target[0].params: first_burst_length = 300000 is more than max_burst_length = 262144; "
+    (one_target(extra="[target.params]\nfirst_burst_length = 2000000\n"),
+     "target[0].params: first_burst_length = 2000000 is more than max_burst_length = 1048576; "
      "allowed: first_burst_length <= max_burst_length (RFC 7143 section 13.14)"),
     # unknown keys
     (one_target(portal_extra="prot = 3260\n"),
@@ -528,9 +528,9 @@ def test_directory_is_refused(tmp_path: Path) -> None:
 
 def test_dataclasses_validate_what_code_builds() -> None:
     with pytest.raises(ConfigError) as info:
-        LoginParams(first_burst_length=524288)
+        LoginParams(first_burst_length=2097152)
     assert str(info.value) == (
-        "LoginParams: first_burst_length = 524288 is more than max_burst_length = 262144; "
+        "LoginParams: first_burst_length = 2097152 is more than max_burst_length = 1048576; "
         "allowed: first_burst_length <= max_burst_length (RFC 7143 section 13.14)"
     )
     with pytest.raises(ConfigError) as info:
@@ -944,7 +944,7 @@ def test_failing_change_leaves_store_and_file_alone(tmp_path: Path) -> None:
     store = store_at(path)
     before_config, before_text = store.load(), store.text()
     with pytest.raises(ConfigError):
-        store.set_param(T1, "first_burst_length", 10**6)
+        store.set_param(T1, "first_burst_length", 2 * 10**6)
     assert store.config == before_config and store.text() == before_text
     store.save()
     assert path.read_text() == HAND_WRITTEN
