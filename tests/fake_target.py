@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import struct
@@ -207,6 +208,7 @@ class FakeTarget:
         self.lun_reset_response: int | None = P.TmfResponse.COMPLETE  # None: ignore
         self.unit_attention: tuple[int, int] | None = None  # next command: UA asc/ascq
         self.trickle = False  # send every byte with a separate send
+        self.empty_data_in = 0  # READs that start with a 0-length Data-In (RFC 7143 11.7.7)
         self.after_next_answer: Any = None  # a PDU or raw bytes sent in the same segment as
         # the answer to the next READ/WRITE (hostile input right behind good data)
 
@@ -909,6 +911,11 @@ class FakeConnection:
             datasn += 1
             if burst_left == 0:
                 burst_left = self.max_burst
+        if t.empty_data_in and cmd.cdb[0] in MEDIA_OPCODES:
+            t.empty_data_in -= 1
+            empty = P.DataIn(final=False, lun=cmd.lun, itt=cmd.itt, exp_cmdsn=exp, max_cmdsn=mx,
+                             datasn=0, buffer_offset=0)
+            pdus = [empty] + [dataclasses.replace(p, datasn=p.datasn + 1) for p in pdus]
         if self.erl >= 1:
             self.sent_data_in[cmd.itt] = pdus
         corrupt = t.corrupt if cmd.cdb[0] in MEDIA_OPCODES else None

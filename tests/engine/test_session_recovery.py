@@ -747,6 +747,15 @@ async def test_hostile_pdu_drops_the_connection(autojump_clock: Any, case: str,
     assert len(lost) == 1 and cause in lost[0], lost
 
 
+async def test_zero_length_data_in_is_accepted(autojump_clock: Any) -> None:
+    """RFC 7143 11.7.7: initiators MUST be able to receive 0-length data segments."""
+    fake = FakeTarget()
+    async with running(fake) as (s, _):
+        fake.empty_data_in = 1
+        assert await read_blocks(s, 1, 3, 2) == disk_bytes(fake, 3, 2)
+        assert s.reconnects == 0  # not merely recovered by a reconnect
+
+
 async def test_command_right_after_a_completion_that_preceded_a_fatal_pdu(
         autojump_clock: Any) -> None:
     """A large READ completes (its data received straight into the caller's buffer) and a
