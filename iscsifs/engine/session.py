@@ -198,7 +198,7 @@ class Session:
         self._stopped = trio.Event()
         self._stopped.set()
         self._slots = trio.Semaphore(settings.max_in_flight)
-        self._redirect: tuple[str, int] | None = None
+        self._home: tuple[str, int] | None = None  # set by a permanent redirect
 
     # -- status ----------------------------------------------------------------------------
 
@@ -257,11 +257,21 @@ class Session:
             try:
                 await done.wait()
             except BaseException:
-                # Cancelled while waiting: stop caring about the result. A task already sent
-                # may still complete at the target; the buffer it writes into is ours.
-                task.context = None
                 if task in self._waiting:
+                    # Never sent: forget it.
                     self._waiting.remove(task)
+                    task.context = None
+                elif task.is_write and not task.done:
+                    # Sent: the target may still apply it. Keep the caller (and so the block
+                    # range lock of BlockDevice.write) until it is done, bounded by the command
+                    # timeout, so a newer write to the same blocks cannot overtake it.
+                    with trio.CancelScope(shield=True), trio.move_on_after(
+                        self.settings.timeouts.command
+                    ):
+                        await done.wait()
+                    task.context = None
+                else:
+                    task.context = None
                 raise
         err = task.error
         if err is not None:
@@ -373,7 +383,8 @@ class Session:
                             self._fail_waiting(SessionUnavailable(
                                 f"{self.settings.target_name} at {self.settings.portal} "
                                 f"unavailable: {e}"))
-                        wait = backoff * (0.5 + random.random())
+                        wait = min(backoff * (0.5 + random.random()),
+                                   self.settings.timeouts.reconnect_max)
                         backoff = min(backoff * 2, self.settings.timeouts.reconnect_max)
                         if isinstance(e, LoginError) and not e.retryable:
                             wait = max(wait, self.settings.timeouts.reconnect_max)
@@ -453,8 +464,9 @@ class Session:
 
     async def _establish(self) -> tuple[Transport, Connection, LoginComplete]:
         s = self.settings
-        host, port = self._redirect or (s.host, s.port)
-        self._redirect = None
+        # A permanent redirect changes where this session lives from then on; a temporary one
+        # applies to that login only (RFC 7143 11.13.5: 0x0101 vs 0x0102).
+        host, port = self._home or (s.host, s.port)
         for _hop in range(s.max_redirects + 1):
             transport = await self._connect(host, port, timeout=s.timeouts.connect)
             try:
@@ -475,6 +487,7 @@ class Session:
                          format_portal(result.address, result.port))
                 host, port = result.address, result.port
                 if result.permanent:
+                    self._home = (host, port)
                     self.listener.portal_moved(self, host, port)
                 continue
             conn = Connection(result.params, cmdsn=self._initial_cmdsn,

@@ -774,10 +774,6 @@ async def test_command_right_after_a_completion_that_preceded_a_fatal_pdu(
             assert s.reconnects == round_
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a cancelled execute() abandons a WRITE already sent, and BlockDevice.write releases its "
-    "range lock in finally: the next overlapping WRITE is in flight with the orphan, which "
-    "the target may still execute after it (session.py execute / lun.py _RangeLock)"))
 async def test_cancelled_write_keeps_its_range_until_the_target_is_done(
         autojump_clock: Any) -> None:
     fake = FakeTarget(luns={1: Disk(blocks=64)})
