@@ -12,6 +12,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -661,9 +662,15 @@ class Daemon:
             params = apply_options(params, parse_options(opts["-connection"],
                                                          option="-connection"))
         at = format_address(host, port)
+        # A host name matches the portals of the addresses it resolves to: SendTargets and
+        # iSNS answer with IP addresses.
+        keys = await self._address_keys(host)
+
+        def matches(p: Portal) -> bool:
+            return p.port == port and _host_key(p.address) in keys
 
         def here(t: DiscoveredTarget) -> bool:
-            return any(_same_host(p.address, host) and p.port == port for p in t.portals)
+            return any(matches(p) for p in t.portals)
 
         wanted = None if names == ["All"] else set(names)
         known = [r.target for r in self.discovered.values() if here(r.target)]
@@ -674,6 +681,8 @@ class Daemon:
             await self.discover_sendtargets(host, port, use if use.is_chap else None)
             known = [r.target for r in self.discovered.values() if here(r.target)]
         chosen = known if wanted is None else [t for t in known if t.name in wanted]
+        if wanted is None and not chosen:
+            raise CommandError(f"No targets were discovered at {at}.", errno.ENOENT)
         missing = set() if wanted is None else wanted - {t.name for t in chosen}
         errors = [f'ERROR. Target "{n}" was not discovered at {at}.' for n in sorted(missing)]
         added = []
@@ -682,9 +691,7 @@ class Daemon:
                 errors.append(f'ERROR. Target "{t.name}" has already been added.')
                 continue
             portals = [PortalSetup(address=p.address, port=p.port, tpgt=p.tpgt,
-                                   visible=_same_host(p.address, host) and p.port == port,
-                                   auto_login=auto and _same_host(p.address, host)
-                                   and p.port == port)
+                                   visible=matches(p), auto_login=auto and matches(p))
                        for p in t.portals]
             await self.save(lambda st, t=t, portals=portals: st.add_target(
                 t.name, portals, security=security, discovery_security=dsec, params=params))
@@ -696,10 +703,32 @@ class Daemon:
                                errno.EEXIST if not missing else errno.ENOENT)
         return "".join(f"added\t{n}\n" for n in added) + "".join(e + "\n" for e in errors)
 
+    async def _address_keys(self, host: str) -> set[str]:
+        """The name and, for a host name, the IP addresses it resolves to (normalised)."""
+        keys = {_host_key(host)}
+        try:
+            ipaddress.ip_address(host)
+            return keys
+        except ValueError:
+            pass
+        with trio.move_on_after(self.config.default_timeouts.connect_timeout):
+            try:
+                infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+            except OSError as e:
+                log.warning("cannot resolve %s: %s", host, e)
+                return keys
+            keys |= {_host_key(str(info[4][0]).split("%")[0]) for info in infos}
+        return keys
+
     async def remove_targets(self, host: str, port: int, names: list[str]) -> str:
         at = format_address(host, port)
-        matching = [t for t in self.config.targets
-                    if any(p.matches(host, port) for p in t.portals)]
+        keys = await self._address_keys(host)
+
+        def portal_here(t: TargetSetup) -> PortalSetup | None:
+            return next((p for p in t.portals
+                         if p.port == port and _host_key(p.address) in keys), None)
+
+        matching = [t for t in self.config.targets if portal_here(t) is not None]
         if names != ["All"]:
             unknown = set(names) - {t.name for t in matching}
             if unknown:
@@ -711,10 +740,13 @@ class Daemon:
             raise CommandError(f"No targets have been added at {at}.", errno.ENOENT)
         removed = []
         for t in matching:
+            here = portal_here(t)
+            assert here is not None
+            where = (here.address, here.port)  # as saved: the -address may be a host name
             for key, state in list(self.states.items()):
-                if key[0] == t.name and state.portal.matches(host, port):
+                if key[0] == t.name and state.portal.matches(*where):
                     await state.logout()
-            await self.save(lambda st, t=t: st.remove_target(t.name, (host, port)))
+            await self.save(lambda st, t=t, where=where: st.remove_target(t.name, where))
             removed.append(t.name)
             log.info("removed %s at %s", t.name, at)
         return "".join(f"removed\t{n}\n" for n in removed)
@@ -741,7 +773,16 @@ class Daemon:
 
 
 def _same_host(a: str, b: str) -> bool:
-    return a.lower().strip("[]") == b.lower().strip("[]")
+    return _host_key(a) == _host_key(b)
+
+
+def _host_key(host: str) -> str:
+    """IP addresses compare by value ("::1" == "0::1"), host names without case."""
+    host = host.strip("[]")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower().rstrip(".")
 
 
 def _discovered_lines(t: DiscoveredTarget) -> str:
