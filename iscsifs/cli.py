@@ -6,17 +6,20 @@
 #
 # Owns: parsing the manual's -option syntax (by hand: argparse wants --options and would accept
 # abbreviations the manual does not), finding the running mount, talking to control files under a
-# deadline, and formatting the manual's output. Must not: touch the config file or the network
-# (the daemon does both), print a secret, or let a traceback reach the user (house rule 11:
-# errors become one line and an exit status here).
+# deadline, and formatting the manual's output. Must not: touch the config file or talk to a
+# target (the daemon does both; the CLI only resolves a host name given as -address), print a
+# secret, or let a traceback reach the user (house rule 11: errors become one line and an exit
+# status here).
 
 from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import ipaddress
 import os
 import shlex
+import socket
 import sys
 import textwrap
 import threading
@@ -499,13 +502,39 @@ def _host_key(host: str) -> str:
         return host.strip("[]").lower().rstrip(".")
 
 
+def _resolve(host: str) -> set[str]:
+    """The IP addresses a host name stands for ({} when it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return set()
+    return {_host_key(str(info[4][0]).split("%")[0]) for info in infos}
+
+
+#: How host names are looked up; the tests put a table here (no DNS from the test suite).
+resolve: Callable[[str], set[str]] = _resolve
+
+
+@functools.lru_cache(maxsize=64)
+def address_keys(host: str) -> frozenset[str]:
+    """What a portal's address may be for it to be at -address `host`: the address itself,
+    and for a host name the IP addresses it resolves to (the tree lists IP addresses, as
+    SendTargets and iSNS give them)."""
+    key = _host_key(host)
+    try:
+        ipaddress.ip_address(key)
+        return frozenset({key})
+    except ValueError:
+        return frozenset({key} | resolve(host))
+
+
 def portal_at(portal: str, address: tuple[str, int]) -> bool:
     """Does "host:port" (as the tree writes it) name the -address?"""
     try:
         host, port = parse_address(portal)
     except SyntaxProblem:
         return False
-    return port == address[1] and _host_key(host) == _host_key(address[0])
+    return port == address[1] and _host_key(host) in address_keys(address[0])
 
 
 def select(rows: Iterable[PortalRow], names: list[str] | None,

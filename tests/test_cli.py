@@ -80,6 +80,16 @@ class FakeTree(Tree):
         return reply
 
 
+HOSTS = {"localhost": {"127.0.0.1", "::1"}, "san.example": {"127.0.0.1"}}
+
+
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host names come from a table: the tests send no DNS query anywhere."""
+    monkeypatch.setattr(cli, "resolve", lambda host: HOSTS.get(host.lower(), set()))
+    cli.address_keys.cache_clear()
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str, tree: Tree | None = None
         ) -> tuple[int, str, str]:
     status = cli.main(list(argv), tree=tree if tree is not None else FakeTree())
@@ -527,6 +537,15 @@ def test_login_every_visible_portal_at_the_address(capsys: pytest.CaptureFixture
     assert tree.timeouts == [tree.remote_timeout] * 2
 
 
+def test_a_host_name_address_matches_the_portals_it_resolves_to(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    tree = FakeTree({"targets/setup": SETUP})
+    assert run(capsys, "loginTargets", "-address", "san.example", A, tree=tree) == (0, "", "")
+    assert tree.written == [(f"targets/{A}/127.0.0.1:3260/control", "login")]
+    assert run(capsys, "listTargetsSetup", "-address", "localhost", "All", tree=tree) == (0, (
+        f"{A}\t1\t127.0.0.1:3260\tNo\n{B}\t2\t127.0.0.1:3260\tYes\n{C}\t-\t[::1]:3260\tNo\n"), "")
+
+
 def test_login_of_an_invisible_portal(capsys: pytest.CaptureFixture[str]) -> None:
     tree = FakeTree({"targets/setup": SETUP})
     assert run(capsys, "loginTargets", "-address", "127.0.0.2:3261", B, tree=tree) == (
@@ -599,6 +618,10 @@ def test_parse_setup_and_status_skip_junk() -> None:
     ("[::1]:3260", ("0::1", 3260), True),
     ("[::1]:3260", ("::2", 3260), False),
     ("SAN.example:3260", ("san.example.", 3260), True),
+    ("127.0.0.1:3260", ("SAN.example", 3260), True),
+    ("127.0.0.2:3260", ("san.example", 3260), False),
+    ("[::1]:3260", ("localhost", 3260), True),
+    ("127.0.0.1:3260", ("nowhere.example", 3260), False),
     ("garbage", ("garbage", 3260), True),
     ("bad:port:x", ("bad", 3260), False),
 ])
