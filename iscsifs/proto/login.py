@@ -356,6 +356,12 @@ class LoginRedirect:
     tpgt: int | None = None
 
 
+def _is_decimal(text: str) -> bool:
+    # str.isdigit() alone admits "²" and other Unicode digits, which int() then refuses with a
+    # plain ValueError; the length cap keeps int() far from its 4300-digit limit.
+    return text.isascii() and text.isdigit() and len(text) <= 5
+
+
 def parse_target_address(value: str) -> tuple[str, int, int | None]:
     """domainname[:port][,portal-group-tag] (RFC 7143 section 13.8) -> (host, port, tpgt).
 
@@ -364,7 +370,7 @@ def parse_target_address(value: str) -> tuple[str, int, int | None]:
     text, comma, tag = value.rpartition(",") if "," in value else (value, "", "")
     tpgt: int | None = None
     if comma:
-        if not tag.isdigit() or int(tag) > 0xFFFF:
+        if not _is_decimal(tag) or int(tag) > 0xFFFF:
             raise RemoteProtocolError(f"bad portal group tag in TargetAddress {value!r}")
         tpgt = int(tag)
     port = ISCSI_PORT
@@ -385,7 +391,7 @@ def parse_target_address(value: str) -> tuple[str, int, int | None]:
         if colon and not port_text:
             raise RemoteProtocolError(f"bad port in TargetAddress {value!r}")
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) <= 0xFFFF:
+        if not _is_decimal(port_text) or not 0 < int(port_text) <= 0xFFFF:
             raise RemoteProtocolError(f"bad port in TargetAddress {value!r}")
         port = int(port_text)
     if not host or any(c.isspace() for c in host):
