@@ -392,6 +392,9 @@ class Tree:
             e = failure[0]
             if isinstance(e, OSError) and e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
                 raise CliError(NOT_RUNNING) from None  # the daemon died under its mount
+            if isinstance(e, PermissionError):
+                raise CliError(f"{e.filename}: permission denied (only the user who mounted "
+                               "may use the tree, unless [mount] allow_other = true)") from None
             raise e
         return result[0]
 

@@ -686,6 +686,26 @@ def test_a_command_whose_reply_never_comes(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "discovery" / "control").read_text() == "sendtargets h:3260\n"
 
 
+def test_a_tree_we_may_not_use(tmp_path: Path) -> None:
+    def denied() -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", "/mnt/iscsifs/initiator/name")
+
+    with pytest.raises(cli.CliError) as e:
+        Tree(tmp_path)._call(denied)
+    assert e.value.lines == [
+        "ERROR. /mnt/iscsifs/initiator/name: permission denied (only the user who mounted may "
+        "use the tree, unless [mount] allow_other = true)"]
+
+
+def test_a_daemon_that_died_under_its_mount(tmp_path: Path) -> None:
+    def gone() -> str:
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    with pytest.raises(cli.CliError) as e:
+        Tree(tmp_path)._call(gone)
+    assert e.value.lines == [NOT_RUNNING]
+
+
 def test_no_mount_prints_the_manuals_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(daemon, "RUNTIME_DIR", tmp_path / "run")
