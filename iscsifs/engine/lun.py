@@ -197,7 +197,10 @@ class BlockDevice:
     async def read_blocks(self, lba: int, view: memoryview) -> None:
         """Fill view (a whole number of blocks) from block lba on."""
         blocks = len(view) // self.block
-        await self._split(lba, blocks, view, self._read_chunk)
+        if blocks <= self.max_blocks:  # one command: the common case, without _split
+            await self._read_chunk(lba, blocks, view)
+        else:
+            await self._split(lba, blocks, view, self._read_chunk)
 
     async def _read_chunk(self, lba: int, blocks: int, view: memoryview) -> None:
         task = await self.session.command(self.lun, scsi.read_cdb(lba, blocks), read=view)

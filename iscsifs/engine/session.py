@@ -197,7 +197,10 @@ class Session:
         self._changed = trio.Event()
         self._stopped = trio.Event()
         self._stopped.set()
-        self._slots = trio.Semaphore(settings.max_in_flight)
+        # Commands inside execute(), capped at max_in_flight. A counter and an Event rather
+        # than a trio.Semaphore: this is on every command's path and the cap is rarely hit.
+        self._active = 0
+        self._slot_freed: trio.Event | None = None
         self._home: tuple[str, int] | None = None  # set by a permanent redirect
 
     # -- status ----------------------------------------------------------------------------
@@ -242,7 +245,12 @@ class Session:
         """
         if not self._want or self.state is State.FAILED:
             raise SessionUnavailable(self._unavailable_reason())
-        async with self._slots:
+        while self._active >= self.settings.max_in_flight:
+            if self._slot_freed is None:
+                self._slot_freed = trio.Event()
+            await self._slot_freed.wait()
+        self._active += 1
+        try:
             done = trio.Event()
             task.context = done
             live = self._live
@@ -251,7 +259,8 @@ class Session:
             if (live is not None and live.lost is None and self.state is State.CONNECTED
                     and not live.draining):
                 self._submit(live, task)
-                self._flush(live)
+                # Alone in flight: send now (latency). Otherwise batch with the round.
+                self._flush(live, soon=len(live.conn.tasks) > 1)
             else:
                 self._waiting.append(task)
             try:
@@ -273,6 +282,11 @@ class Session:
                 else:
                     task.context = None
                 raise
+        finally:
+            self._active -= 1
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+                self._slot_freed = None
         err = task.error
         if err is not None:
             if isinstance(err, SessionError):
@@ -299,8 +313,9 @@ class Session:
             task = Task(lun=scsi.encode_lun(lun), cdb=cdb, read_buf=read, write_buf=write,
                         expected_length=length)
             await self.execute(task)
-            error = scsi.error_for_status(task.status, task.sense)
-            if error is None:
+            # GOOD needs no decoding; RECOVERED ERROR means it completed after recovery.
+            error = None if task.status == 0 else scsi.error_for_status(task.status, task.sense)
+            if error is None or isinstance(error, scsi.RecoveredError):
                 if read is not None:
                     self.bytes_read += task.transferred
                 elif write is not None:
@@ -324,12 +339,17 @@ class Session:
         return (f"{name} at {self.settings.portal} unavailable for more than the "
                 f"{self.hold_time:g} s hold time: {self.last_error or 'no connection'}")
 
-    def _flush(self, live: _Live) -> None:
+    def _flush(self, live: _Live, *, soon: bool = False) -> None:
+        """Hand the connection's output to the transport: now, or with `soon` at the writer's
+        next run, batched with whatever else this scheduler round queues."""
         out = live.conn.outbound
         if out:
             live.conn.outbound = []
             try:
-                live.transport.send(out)
+                if soon:
+                    live.transport.send_soon(out)
+                else:
+                    live.transport.send(out)
             except TransportError as e:
                 self._lose(live, _ConnectionLost(str(e)))
 
