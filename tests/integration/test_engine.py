@@ -227,6 +227,23 @@ async def test_target_failing_mutual_chap_is_refused(make_target, tgtd, caplog):
     assert_one_line_without_secrets(err, "CHAP", log=caplog.text)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "proto/login.py _login_error: status 0x0201 always reads 'CHAP user name or secret "
+    "rejected by target', even when the target refused the method itself (AuthMethod=Reject "
+    "in that same response) before any CHAP name or secret was sent"))
+async def test_mutual_chap_to_a_target_without_chap_names_the_refused_method(make_target, tgtd):
+    # Mutual CHAP offers AuthMethod=CHAP alone; a target with no CHAP account answers
+    # AuthMethod=Reject with status 0x0201 in its first response. The user must learn that
+    # the target does not do CHAP, not that their secret is wrong.
+    target = make_target()
+    err = await failed_login(settings(target, tgtd.port, chap=creds(USER, SECRET),
+                                      mutual=creds(TARGET_USER, TARGET_SECRET)))
+    assert isinstance(err, AuthenticationFailed)
+    assert_one_line_without_secrets(err, "authentication failed")
+    assert "user name or secret" not in str(err)
+    assert "method" in str(err).lower()
+
+
 async def test_unknown_target_says_target_not_found(make_target, tgtd):
     make_target()
     missing = "iqn.2024-01.org.iscsifs.test:no-such-target"
