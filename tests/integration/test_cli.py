@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +161,7 @@ def sessions(tgt: testbed.Tgtd, iqn: str) -> list[str]:
     return [n.initiator for n in tgt.sessions(tid(tgt, iqn))]
 
 
-def wait_until(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check: Callable[[], bool], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -368,7 +368,8 @@ def test_login_with_a_wrong_chap_secret(cli: CliMount, tgt: testbed.Tgtd) -> Non
     assert cli.ok("listTargetsStatus", ONEWAY) == f"{ONEWAY}\t1\t{p}\tfalse\n"
 
 
-def test_discovery_chap(cli: CliMount, tgtd: testbed.Tgtd, make_target) -> None:  # type: ignore[no-untyped-def]
+def test_discovery_chap(cli: CliMount, tgtd: testbed.Tgtd,
+                        make_target: Callable[..., testbed.Target]) -> None:
     """A tgtd whose discovery sessions need CHAP (a global account binding)."""
     target = make_target(luns=(4 << 20,))
     tgtd.tgtadm("--lld", "iscsi", "--mode", "account", "--op", "new", "--user", "cli-disc",
