@@ -401,22 +401,21 @@ async def test_64mib_unaligned_transfers_match_the_backing_file(make_target, tgt
 
 
 class SamplingTransport(Transport):
-    """A Transport that calls on_receive() each time the session's reader gets bytes, before
-    they are decoded: what session.in_flight is then is how many commands were outstanding
-    at the target when its answers arrived."""
+    """A Transport that calls on_receive(self) each time the session's reader gets bytes,
+    before they are decoded."""
 
     on_receive: Any = None
 
     def recv_nowait(self, view: memoryview) -> int:
         n = super().recv_nowait(view)
         if n and self.on_receive is not None:
-            self.on_receive()
+            self.on_receive(self)
         return n
 
     async def recv_into(self, view: memoryview) -> int:
         n = await super().recv_into(view)
         if self.on_receive is not None:
-            self.on_receive()
+            self.on_receive(self)
         return n
 
 
@@ -425,8 +424,12 @@ class InFlightProbe:
         self.session: Session | None = None
         self.peak = 0
 
-    def sample(self) -> None:
-        if self.session is not None:
+    def sample(self, transport: Transport) -> None:
+        # Counted only when nothing waits in the transport's send queue (commands issued
+        # while others are in flight are batched for the writer task): then every command
+        # in session.in_flight is on the wire, and the target is answering while they are
+        # all outstanding.
+        if self.session is not None and transport.send_backlog == 0:
             self.peak = max(self.peak, self.session.in_flight)
 
     async def connect(self, host: str, port: int, *, timeout: float) -> Transport:
@@ -436,6 +439,11 @@ class InFlightProbe:
 
 
 QD = 32
+#: The first command of a burst goes out alone at once; the rest, issued while it is in
+#: flight, are batched for the writer task. trio may run the reader first in the next round,
+#: and the first (a quick READ) can complete before the batch is sent: so QD + 1 are issued
+#: to have QD outstanding together for certain.
+ISSUED = QD + 1
 IO = 256 * KiB + 512  # more than one burst per command, so writes need several R2Ts
 
 
@@ -446,7 +454,7 @@ async def test_32_commands_in_flight_on_one_session(make_target, tgtd):
         probe_.session = session
         bd = await data_lun(session)
         assert bd.max_blocks * bd.block >= IO  # each transfer is one command
-        datas = [os.urandom(IO) for _ in range(QD)]
+        datas = [os.urandom(IO) for _ in range(ISSUED)]
         probe_.peak = 0
         async with trio.open_nursery() as nursery:
             for i, data in enumerate(datas):
@@ -460,18 +468,19 @@ async def test_32_commands_in_flight_on_one_session(make_target, tgtd):
 
         probe_.peak = 0
         async with trio.open_nursery() as nursery:
-            for i in range(QD):
+            for i in range(ISSUED):
                 nursery.start_soon(read, i)
         reads_peak = probe_.peak
         assert session.in_flight == 0
-    assert [got[i] == datas[i] for i in range(QD)] == [True] * QD
+    assert [got[i] == datas[i] for i in range(ISSUED)] == [True] * ISSUED
     with open(target.lun_path(1), "rb") as f:
         for i, data in enumerate(datas):
             f.seek(i * 2 * IO)
             assert f.read(IO) == data, i
-    # All 32 were sent before the first answer was read, and tgtd (MaxCmdSN window 128)
-    # held none back.
-    assert (writes_peak, reads_peak) == (QD, QD)
+    # tgtd answered while at least 32 commands were on the wire (its MaxCmdSN window of 128
+    # held none back).
+    assert writes_peak >= QD and reads_peak >= QD, (writes_peak, reads_peak)
+    assert max(writes_peak, reads_peak) <= ISSUED
 
 
 # --------------------------------------------------------------------------------------------
