@@ -134,7 +134,8 @@ class PortalState(Listener):
 
     def _session(self) -> Session:
         settings = self.settings()
-        if self.session is None or self._settings != replace(settings, isid=self._settings.isid):
+        old = self._settings
+        if self.session is None or old is None or old != replace(settings, isid=old.isid):
             isid = self.session.settings.isid if self.session is not None else b""
             self.session = Session(replace(settings, isid=isid), listener=self)
             self._settings = self.session.settings
@@ -436,11 +437,11 @@ class Daemon:
                 if state.session is not None and state._running:
                     self.nursery.start_soon(state.logout)
         for key, (t, p) in wanted.items():
-            state = self.states.get(key)
-            if state is None:
+            existing = self.states.get(key)
+            if existing is None:
                 self.states[key] = PortalState(self, t, p)
             else:
-                state.target, state.portal = t, p
+                existing.target, existing.portal = t, p
 
     async def save(self, change: Any) -> None:
         """Apply a change to the saved setup and write it (atomically, mode 0600)."""
@@ -905,6 +906,7 @@ async def serve(store: ConfigStore, mountpoint: str, *, ring: RingHandler,
                 nursery.start_soon(on_signal)
                 await fuse_done.wait()
             log.info("logging out")
+            tree.closing = True
             with trio.move_on_after(30):
                 await daemon.shutdown()
             with contextlib.suppress(Exception):
@@ -1023,6 +1025,8 @@ def find_mount(cfg_path: Path) -> dict[str, Any] | None:
         info = json.loads(reg.read_text())
         pid = int(info["pid"])
         os.kill(pid, 0)
+    except PermissionError:
+        pass  # alive, owned by root: the caller will meet EACCES on the tree and say so
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not is_mounted(info["mountpoint"]):

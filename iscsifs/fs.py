@@ -125,6 +125,7 @@ class Handle:
     device: BlockDevice | None = None
     wrote: bool = False
     pending: bytearray | None = None  # a command line not yet terminated by a newline
+    reply_at: int = 0  # file offset where the reply to the last command starts
 
 
 def _lines(data: bytes) -> list[str]:
@@ -184,6 +185,7 @@ class Tree(pyfuse3.Operations):
         self._next_fh = 1
         self._buffers: weakref.WeakKeyDictionary[Any, bytearray] = weakref.WeakKeyDictionary()
         self._throttle = _Throttle()
+        self.closing = False  # at shutdown the kernel refuses invalidations: skip them
         self._started = time.time()
         self._node((), "dir", 0o755)
 
@@ -394,6 +396,10 @@ class Tree(pyfuse3.Operations):
         if dev is None:
             if not handle.content and not handle.wrote and handle.node.kind != "lun":
                 handle.content = self._render(handle.node).encode()
+            # After a command, a shell reading on the same descriptor (exec 3<>control) reads
+            # from where its write left the offset: the reply starts there. pread(0) works too.
+            if handle.wrote and off >= handle.reply_at:
+                off -= handle.reply_at
             return handle.content[off : off + size]
         try:
             bs = dev.block
@@ -418,6 +424,7 @@ class Tree(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        handle.reply_at = off + len(buf)
         dev = handle.device
         if dev is not None:
             if off >= dev.size and buf:
@@ -505,6 +512,8 @@ class Tree(pyfuse3.Operations):
     def invalidate(self, path: Sequence[str]) -> None:
         """Tell the kernel a directory entry changed (a LUN came or went)."""
         path = tuple(path)
+        if self.closing:
+            return
         parent = self._by_path.get(path[:-1]) if len(path) > 1 else ROOT
         if parent is None:
             return

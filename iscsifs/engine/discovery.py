@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 
 import trio
@@ -102,7 +103,9 @@ async def _discover_on(
     return targets
 
 
-async def _wait_for(transport: Transport, conn: Connection, match) -> object:  # type: ignore[no-untyped-def]
+async def _wait_for(
+    transport: Transport, conn: Connection, match: Callable[[object], bool]
+) -> object:
     while True:
         if conn.outbound:
             transport.send(conn.take_outbound())

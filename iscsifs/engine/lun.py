@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -288,7 +289,10 @@ class BlockDevice:
 
     # -- splitting -------------------------------------------------------------------------
 
-    async def _split(self, lba: int, blocks: int, view: memoryview, op) -> None:  # type: ignore[no-untyped-def]
+    async def _split(
+        self, lba: int, blocks: int, view: memoryview,
+        op: Callable[[int, int, memoryview], Awaitable[None]],
+    ) -> None:
         """Run op over [lba, lba + blocks) in commands of at most max_blocks, several at once."""
         step = self.max_blocks
         if blocks <= step:

@@ -25,7 +25,7 @@ import trio
 
 from .. import scsi
 from ..proto import pdu as P
-from ..proto.chap import ChapCredentials
+from ..proto.chap import DEFAULT_ALGORITHMS, ChapAlgorithm, ChapCredentials
 from ..proto.connection import (
     AsyncReceived,
     Connection,
@@ -108,6 +108,7 @@ class SessionSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_redirects: int = 5
     max_in_flight: int = 128
+    chap_algorithms: tuple[ChapAlgorithm, ...] | None = None  # None: chap.DEFAULT_ALGORITHMS
     isid: bytes = b""
 
     @property
@@ -534,6 +535,7 @@ class Session:
             chap=s.chap,
             mutual_chap=s.mutual,
             operational_offers=default_offers("Normal", **s.offers),
+            chap_algorithms=s.chap_algorithms or DEFAULT_ALGORITHMS,
         )
         return await login_exchange(transport, LoginStateMachine(config, random=os.urandom))
 

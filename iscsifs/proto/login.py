@@ -31,6 +31,7 @@ from iscsifs.proto.text import (
     Negotiator,
     TextAssembler,
     Use,
+    decode_text,
     encode_text,
     is_irrelevant,
 )
@@ -691,8 +692,18 @@ class LoginStateMachine:
         c = self._config
         reason = None
         if (resp.status_class, resp.status_detail) == (2, 1):
+            answered = None
+            try:
+                answered = dict(decode_text(resp.data)).get("AuthMethod")
+            except RemoteProtocolError:
+                pass
             if self._auth_offer == ["None"]:
                 reason = "target requires authentication; no CHAP credentials are configured"
+            elif answered in ("Reject", "None", "NotUnderstood"):
+                # Refused before any name or secret was sent: the method, not the secret.
+                offered = ",".join(self._auth_offer or [])
+                reason = (f"target refused the authentication method {offered} "
+                          f"(AuthMethod={answered}); is CHAP set up at the target?")
             else:
                 reason = "CHAP user name or secret rejected by target"
         return login_error_for(c.target_label, resp.status_class, resp.status_detail, reason)

@@ -227,10 +227,6 @@ async def test_target_failing_mutual_chap_is_refused(make_target, tgtd, caplog):
     assert_one_line_without_secrets(err, "CHAP", log=caplog.text)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proto/login.py _login_error: status 0x0201 always reads 'CHAP user name or secret "
-    "rejected by target', even when the target refused the method itself (AuthMethod=Reject "
-    "in that same response) before any CHAP name or secret was sent"))
 async def test_mutual_chap_to_a_target_without_chap_names_the_refused_method(make_target, tgtd):
     # Mutual CHAP offers AuthMethod=CHAP alone; a target with no CHAP account answers
     # AuthMethod=Reject with status 0x0201 in its first response. The user must learn that
