@@ -111,6 +111,7 @@ class PortalState(Listener):
         self.since_wall = time.time()
         self.last_login_error: str | None = None
         self._hold_time = target.timeouts.hold_time
+        self._scanned = trio.Event()  # set when the scan after the latest login has finished
 
     # -- session ---------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class PortalState(Listener):
                                errno.EBUSY)
         session = self._session()
         self._running = True
+        self._scanned = trio.Event()
         try:
             error = await self.daemon.nursery.start(self._run, session, persistent)
         except BaseException:
@@ -164,6 +166,10 @@ class PortalState(Listener):
             self.last_login_error = str(error)
             raise CommandError(str(error), errno.EACCES if _is_auth(error) else errno.EIO)
         self.last_login_error = None
+        if not persistent:
+            # `echo login > control; ls` must see the LUN files: return after the first scan.
+            with trio.move_on_after(self.target.timeouts.command_timeout * 2 + 5):
+                await self._scanned.wait()
 
     async def _run(self, session: Session, persistent: bool,
                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -193,6 +199,12 @@ class PortalState(Listener):
         self.daemon.nursery.start_soon(self.daemon.move_portal, self, host, port)
 
     async def rescan(self) -> None:
+        try:
+            await self._rescan()
+        finally:
+            self._scanned.set()
+
+    async def _rescan(self) -> None:
         session = self.session
         if session is None or not session.connected:
             return
