@@ -125,7 +125,8 @@ class Handle:
     device: BlockDevice | None = None
     wrote: bool = False
     pending: bytearray | None = None  # a command line not yet terminated by a newline
-    reply_at: int = 0  # file offset where the reply to the last command starts
+    reply_at: int = 0  # file offset where the last command's write ended
+    shift: int | None = None  # decided by the first read after a command (see read())
 
 
 def _lines(data: bytes) -> list[str]:
@@ -396,10 +397,15 @@ class Tree(pyfuse3.Operations):
         if dev is None:
             if not handle.content and not handle.wrote and handle.node.kind != "lun":
                 handle.content = self._render(handle.node).encode()
-            # After a command, a shell reading on the same descriptor (exec 3<>control) reads
-            # from where its write left the offset: the reply starts there. pread(0) works too.
-            if handle.wrote and off >= handle.reply_at:
-                off -= handle.reply_at
+            # After a command, a program that preads from 0 reads the reply as a file; a shell
+            # reading on the same descriptor (exec 3<>control; echo >&3; cat <&3) reads from
+            # where its write left the offset. The first read after the command tells which.
+            if handle.wrote:
+                if handle.shift is None:
+                    handle.shift = handle.reply_at if off == handle.reply_at else 0
+                off -= handle.shift
+                if off < 0:
+                    return b""
             return handle.content[off : off + size]
         try:
             bs = dev.block
@@ -425,6 +431,7 @@ class Tree(pyfuse3.Operations):
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         handle.reply_at = off + len(buf)
+        handle.shift = None
         dev = handle.device
         if dev is not None:
             if off >= dev.size and buf:

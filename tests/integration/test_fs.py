@@ -239,3 +239,26 @@ def test_umount_leaves_nothing_behind(tmp_path, tgtd, target):
         assert tgtd.sessions(target.tid) == []
     finally:
         m.stop()
+
+
+def test_control_reply_reads_both_ways(mount):
+    control = mount.portal / "control"
+    # As the CLI does: write, then pread from 0 in small chunks.
+    fd = os.open(control, os.O_RDWR)
+    try:
+        os.write(fd, b"rescan\n")
+        chunks, off = [], 0
+        while chunk := os.pread(fd, 7, off):
+            chunks.append(chunk)
+            off += len(chunk)
+        assert b"".join(chunks) == (mount.portal / "luns").read_bytes()
+    finally:
+        os.close(fd)
+    # As a shell does on one descriptor: exec 3<>control; echo logout >&3; cat <&3.
+    fd = os.open(control, os.O_RDWR)
+    try:
+        os.write(fd, b"logout\n")
+        assert os.read(fd, 4096) == b"not connected\n"
+        assert os.read(fd, 4096) == b""
+    finally:
+        os.close(fd)
