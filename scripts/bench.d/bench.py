@@ -631,11 +631,25 @@ def summarize(job: Job, samples: list[Sample]) -> dict[str, Any]:
             "errors": [s.error for s in mine if not s.ok],
             "rounds": len(good),
         }
-    a, b = out.get("iscsifs", {}).get("value"), out.get("qsd", {}).get("value")
-    c = out.get("iscsi-perf", {}).get("value")
-    out["ratio_iscsifs_qsd"] = a / b if a and b else None
-    out["ratio_iscsifs_perf"] = a / c if a and c else None
+    for other, key in (("qsd", "ratio_iscsifs_qsd"), ("iscsi-perf", "ratio_iscsifs_perf")):
+        # Paired by round: the two runs of a round are seconds apart, so a neighbour's burst
+        # of load tends to hit both; the median of the paired ratios shrugs off a bad round.
+        mine = {s.round: s for s in samples if s.system == "iscsifs" and s.ok}
+        theirs = {s.round: s for s in samples if s.system == other and s.ok}
+        ratios = []
+        for r in sorted(mine.keys() & theirs.keys()):
+            x, y = mine[r], theirs[r]
+            a, b = (x.mib_s, y.mib_s) if job.unit == "MiB/s" else (x.iops, y.iops)
+            if b > 0:
+                ratios.append(a / b)
+        out[key] = statistics.median(ratios) if ratios else None
+        out[key + "_range"] = [min(ratios), max(ratios)] if ratios else None
+        out[key + "_rounds"] = ratios
     return out
+
+
+def _range(r: list[float] | None) -> str:
+    return f"{r[0]:.2f}-{r[1]:.2f}" if r and len(r) == 2 and r[0] != r[1] else "-"
 
 
 def _num(v: float | None, unit: str = "") -> str:
@@ -650,7 +664,7 @@ def _num(v: float | None, unit: str = "") -> str:
 
 COLUMNS = [
     ("job", 22), ("unit", 5), ("iscsifs", 8), ("qsd", 8), ("iscsi-perf", 10), ("ifs/qsd", 7),
-    ("ifs/perf", 8), ("cpu:ifs", 7), ("tgtd(a)", 7), ("cpu:qsd", 7), ("tgtd(b)", 7),
+    ("(range)", 11), ("ifs/perf", 8), ("cpu:ifs", 7), ("tgtd(a)", 7), ("cpu:qsd", 7), ("tgtd(b)", 7),
     ("cpu:perf", 8), ("tgtd(c)", 7), ("ifsRSS", 6),
 ]
 
@@ -675,7 +689,8 @@ def table(jobs: list[Job], summary: dict[str, dict[str, Any]]) -> str:
         rss = a.get("rss_peak_kib")
         lines.append(row([
             job.name, job.unit, cell(a, "value"), cell(b, "value"), cell(c, "value"),
-            _num(s.get("ratio_iscsifs_qsd"), "x"), _num(s.get("ratio_iscsifs_perf"), "x"),
+            _num(s.get("ratio_iscsifs_qsd"), "x"), _range(s.get("ratio_iscsifs_qsd_range")),
+            _num(s.get("ratio_iscsifs_perf"), "x"),
             cell(a, "cpu_s_per_gib", "cpu"), cell(a, "tgtd_cpu_s_per_gib", "cpu"),
             cell(b, "cpu_s_per_gib", "cpu"), cell(b, "tgtd_cpu_s_per_gib", "cpu"),
             cell(c, "cpu_s_per_gib", "cpu"), cell(c, "tgtd_cpu_s_per_gib", "cpu"),
@@ -713,6 +728,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-logs", metavar="DIR",
                    help="copy the iscsifs, qemu-storage-daemon and tgtd logs here at the end")
     p.add_argument("--list", action="store_true", help="list the jobs and exit")
+    p.add_argument("--report", metavar="FILE",
+                   help="print the table of an earlier run's --json FILE and exit")
     a = p.parse_args(argv)
     if a.quick:
         a.runtime, a.rounds, a.warmup = 2.0, 1, 1.0
@@ -735,8 +752,23 @@ def _on_signal(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def report(path: str) -> int:
+    """The table and footer again, from the raw numbers of an earlier --json."""
+    doc = json.loads(Path(path).read_text())
+    jobs = [Job(name=name, rw=j["fio"]["rw"], bs=j["fio"]["bs"], depth=j["fio"]["iodepth"],
+                streams=j["fio"]["numjobs"]) for name, j in doc["jobs"].items()]
+    samples = {name: [Sample(**s) for s in j["samples"]] for name, j in doc["jobs"].items()}
+    summary = {j.name: summarize(j, samples[j.name]) for j in jobs}
+    print(table(jobs, summary))
+    print()
+    print(footer(doc["peak_rss_kib"]["vmhwm"], samples, doc["meta"]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report(args.report)
     streams = [int(x) for x in args.streams.split(",") if x]
     jobs = default_jobs(streams, args.stream_depth)
     if args.only:
@@ -814,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("PARTIAL RESULTS: the run was cut short")
     print(table(jobs, summary))
     print()
-    print(footer(args, hwm, rss, samples, meta))
+    print(footer(hwm, samples, meta))
     if args.json:
         doc = {
             "meta": meta,
@@ -885,16 +917,20 @@ def run_all(args: argparse.Namespace, bed: Bed, rss: RssSampler, jobs: list[Job]
                     _log(f"[{n}/{total}] {job.name} {system} r{r}: FAILED {sample.error}")
 
 
-def footer(args: argparse.Namespace, hwm: dict[str, int | None], rss: RssSampler,
-           samples: dict[str, list[Sample]], meta: dict[str, Any]) -> str:
+def footer(hwm: dict[str, int | None], samples: dict[str, list[Sample]],
+           meta: dict[str, Any]) -> str:
     def mib(k: int | None) -> str:
         return f"{k / 1024:.0f} MiB" if k else "-"
 
-    busiest = max((s.other_cores for ss in samples.values() for s in ss), default=0.0)
+    others = [s.other_cores for ss in samples.values() for s in ss]
+    busiest = max(others, default=0.0)
+    typical = statistics.median(others) if others else 0.0
     lines = [
-        f"median of {args.rounds} interleaved round(s) of {args.runtime:g} s; fio direct=1 "
+        f"median of {meta['rounds']} interleaved round(s) of {meta['runtime_s']:g} s; fio direct=1 "
         f"libaio; LUN {meta['lun_size'] // MiB} MiB on tmpfs; {meta['cpus']} CPUs; "
         "numbers move from run to run.",
+        "ifs/qsd, ifs/perf = median over rounds of iscsifs / the other in the same round "
+        "(range: lowest-highest round); > 1 means iscsifs is faster.",
         "cpu:* = CPU s per GiB moved by that initiator process (cpu:perf = iscsi-perf); "
         "tgtd(a/b/c) = tgtd's CPU s per GiB during the iscsifs / qsd / iscsi-perf runs.",
         f"peak RSS (VmHWM, whole run): iscsifs daemon {mib(hwm.get('iscsifs'))}, "
@@ -902,9 +938,9 @@ def footer(args: argparse.Namespace, hwm: dict[str, int | None], rss: RssSampler
         "ifsRSS = peak sampled VmRSS of the iscsifs daemon (MiB) during that job.",
         f"iscsifs at commit {meta['commit'][:10] or '?'}"
         + (" with uncommitted changes in iscsifs/" if meta["dirty"] else "")
-        + f"; load average at start {meta['loadavg_start'][0]:.2f}; other processes used up to "
-        f"{busiest:.2f} cores during a run"
-        + (" (NOISY: others competed for the CPUs)" if busiest > 0.25 else "") + ".",
+        + f"; load average at start {meta['loadavg_start'][0]:.2f}; other processes used "
+        f"{typical:.2f} cores during a typical run, {busiest:.2f} at most"
+        + (" (NOISY: others competed for the CPUs)" if typical > 0.25 else "") + ".",
     ]
     return "\n".join(lines)
 
