@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import secrets
 import stat
@@ -240,3 +241,36 @@ def test_the_scan_finds_each_form_it_looks_for() -> None:
         t.add("dirty", b"x" + needle + b"y")
         assert f"probe ({form}) in dirty" in t.leaks({"probe": secret})
         assert not any("clean" in hit for hit in t.leaks({"probe": secret}))
+
+
+@pytest.mark.parametrize("where, line", [
+    pytest.param("portal", "unmap lun\u00b2 0 4096", marks=pytest.mark.xfail(strict=True, reason=(
+        "daemon.py PortalState._unmap: 'lun\u00b2'[3:].isdigit() is True and int() raises "
+        "ValueError outside the try: EIO and a traceback in the log instead of one line"))),
+    pytest.param("discovery", 'sendtargets "127.0.0.1 -security CHAP,TargetUserName=u,'
+                 "TargetSecret=quote-Secret-1234", marks=pytest.mark.xfail(strict=True, reason=(
+                     "daemon.py _discovery_command: shlex.split raises ValueError ('No closing "
+                     "quotation'), not CommandError: EIO and a traceback in the log"))),
+    pytest.param("targets", "add 127.0.0.1 'iqn.2024-01.x:y", marks=pytest.mark.xfail(
+        strict=True, reason="daemon.py _targets_command: shlex.split ValueError, as above")),
+    ("portal", "unmap lun1 x y"),
+    ("portal", "login now"),
+    ("discovery", "sendtargets 127.0.0.1 -security CHAP,TargetSecret=quote-Secret-1234"),
+])
+def test_bad_control_lines_get_a_one_line_error(tmp_path: Path, tgtd, make_target,
+                                                where: str, line: str) -> None:
+    """A malformed command written to a control file fails that write with EINVAL and one log
+    line; no traceback (which is where a secret typed in the line could end up)."""
+    target = make_target(luns=(8 << 20,))
+    host, port = tgtd.portal.rsplit(":", 1)
+    with Mount(tmp_path, [PortalSpec(target.iqn, host, int(port))]) as m:
+        portal = m.portal_dir(target.iqn, host, int(port))
+        m.wait_for(portal / "lun1")
+        control = {"portal": portal / "control", "discovery": m.point / "discovery" / "control",
+                   "targets": m.point / "targets" / "control"}[where]
+        with pytest.raises(OSError) as e:
+            control.write_text(line + "\n")
+        assert e.value.errno == errno.EINVAL, e.value
+    log = m.log.read_text()
+    assert "Traceback" not in log
+    assert "quote-Secret-1234" not in log
