@@ -4,7 +4,7 @@
 # Owns: one Session per added target portal (kept across logout/login so that a LUN file held
 # open, e.g. by a loop device, works again after a re-login), the LUNs found on each, the
 # discovery records, and the saved setup (through config.ConfigStore). Must not format CLI
-# output (cli.py does) nor touch pyfuse3 beyond init/main/close: fs.py owns the file mechanics.
+# output (cli.py does) nor answer FUSE requests: fs.py owns the file mechanics.
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ from .engine.session import (
 )
 from .engine.transport import TransportError
 from .fs import CommandError, Tree
+from .fuse import channel as fusechan
 from .proto.chap import ChapCredentials
 from .proto.discovery import DiscoveredTarget, Portal
 from .proto.errors import IscsiError
@@ -831,59 +832,19 @@ def setup_logging(log_file: str | None, *, foreground: bool, level: str = "INFO"
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
         root.addHandler(sh)
-    logging.getLogger("pyfuse3").setLevel(logging.WARNING)
     return ring
-
-
-FUSECTL = Path("/sys/fs/fuse/connections")
-
-
-def tune_fuse_connection(mountpoint: str, max_background: int = 256) -> None:
-    """Let the kernel keep more than 12 asynchronous requests (its default max_background) in
-    flight to us: with libaio at queue depth 32 the default cap, not the target, limits 4 KiB
-    random I/O. pyfuse3 does not set it at init, so write it through the FUSE control
-    filesystem, mounting that first if the system has not (systemd normally does at boot).
-    Best effort: a failure is logged and changes nothing else."""
-    try:
-        # Not os.stat(mountpoint): that would send a request to ourselves before we serve.
-        conn = FUSECTL / str(_fuse_device_minor(mountpoint))
-        if not conn.exists() and FUSECTL.is_dir():
-            import subprocess
-
-            subprocess.run(["mount", "-t", "fusectl", "fusectl", str(FUSECTL)],
-                           capture_output=True, timeout=10, check=False)
-        (conn / "max_background").write_text(f"{max_background}\n")
-        (conn / "congestion_threshold").write_text(f"{max_background * 3 // 4}\n")
-        log.info("FUSE connection %s: max_background %d", conn.name, max_background)
-    except (OSError, ValueError) as e:
-        log.info("could not raise the FUSE max_background (queue depth stays 12): %s", e)
-
-
-def _fuse_device_minor(mountpoint: str) -> int:
-    """The FUSE connection number of a mount (its anonymous device's minor), from mountinfo."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == mountpoint:
-                major, minor = fields[2].split(":")
-                if major == "0":
-                    return int(minor)
-    raise ValueError(f"{mountpoint} is not in /proc/self/mountinfo")
 
 
 async def serve(store: ConfigStore, mountpoint: str, *, ring: RingHandler,
                 config_file: Path, ready: Any = None) -> None:
     """Mount, run until unmounted or signalled, log out, unmount."""
-    import pyfuse3
-
     daemon = Daemon(store, mountpoint=mountpoint, ring=ring)
     tree = Tree(daemon)
     daemon.tree = tree
-    options = {"fsname=iscsifs", "subtype=iscsifs", "default_permissions"}
-    if store.config.mount.allow_other:
-        options.add("allow_other")
-    pyfuse3.init(tree, mountpoint, options)
-    tune_fuse_connection(mountpoint)
+    fd = fusechan.mount(mountpoint, allow_other=store.config.mount.allow_other)
+    channel = fusechan.Channel(fd, max_write=tree.max_write,
+                               max_background=tree.max_background)
+    tree.channel = channel
     reg = registry_file(config_file)
     try:
         RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
@@ -895,11 +856,12 @@ async def serve(store: ConfigStore, mountpoint: str, *, ring: RingHandler,
                  store.config.initiator.name)
         async with trio.open_nursery() as nursery:
             daemon.nursery = nursery
+            tree.nursery = nursery
             fuse_done = trio.Event()
 
             async def fuse_main() -> None:
                 try:
-                    await pyfuse3.main(min_tasks=4, max_tasks=256)
+                    await channel.serve(tree.dispatch)
                 finally:
                     fuse_done.set()
 
@@ -921,12 +883,11 @@ async def serve(store: ConfigStore, mountpoint: str, *, ring: RingHandler,
             tree.closing = True
             with trio.move_on_after(30):
                 await daemon.shutdown()
-            with contextlib.suppress(Exception):
-                pyfuse3.terminate()
             nursery.cancel_scope.cancel()
     finally:
-        with contextlib.suppress(Exception):
-            pyfuse3.close(unmount=True)
+        with contextlib.suppress(OSError):
+            fusechan.unmount(mountpoint)
+        channel.close()
         with contextlib.suppress(OSError):
             reg.unlink()
         log.info("unmounted %s", mountpoint)
@@ -967,9 +928,9 @@ def _run(store: ConfigStore, point: str, ring: RingHandler, cfg_path: Path,
          ready: Any = None) -> int:
     try:
         trio.run(lambda: serve(store, point, ring=ring, config_file=cfg_path, ready=ready))
-    except RuntimeError as e:  # pyfuse3.init failures surface as RuntimeError
-        log.error("cannot mount %s: %s", point, e)
-        print(f"ERROR. cannot mount {point}: {e}", file=sys.stderr)
+    except fusechan.MountError as e:
+        log.error("%s", e.strerror)
+        print(f"ERROR. {e.strerror}", file=sys.stderr)
         return 1
     return 0
 

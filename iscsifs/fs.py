@@ -1,13 +1,14 @@
-# The FUSE tree: pyfuse3 Operations over the daemon's state. Every LUN is a file; control files
-# take commands, text files show state. This module owns the file mechanics only (inodes,
-# handles, sizes, modes, reading and writing) and the translation of errors to errno: it is the
-# edge where exceptions become pyfuse3.FUSEError (house rule 11). What a command does and what
-# a status says belong to the daemon, behind the Backend interface below.
+# The FUSE tree: the requests of the kernel (fuse/channel.py) answered from the daemon's
+# state. Every LUN is a file; control files take commands, text files show state. This module
+# owns the file mechanics only (inodes, handles, sizes, modes, reading and writing) and the
+# translation of errors to errno: it is the edge where exceptions become errno replies (house
+# rule 11). What a command does and what a status says belong to the daemon, behind Backend.
 #
-# The LUN read path is hot: an aligned read goes straight to BlockDevice.read_blocks into a
-# buffer owned by the pyfuse3 worker task that serves the request. pyfuse3 copies the reply to
-# the kernel synchronously after the handler returns and a worker serves one request at a time,
-# so the worker's next request may reuse that buffer: no allocation and no copy per read.
+# The LUN path is hot and has no task of its own: an aligned READ or WRITE becomes one SCSI
+# command started from dispatch(), and the reply is written from the completion callback, in
+# the iSCSI reader, the moment the status arrives. Data-In lands in the reply buffer, which goes
+# to the kernel with writev; a large WRITE's payload buffer is taken from the channel instead
+# of copied. Anything slower (control commands, fsync, partial blocks, retries) runs in a task.
 
 from __future__ import annotations
 
@@ -16,21 +17,21 @@ import logging
 import os
 import stat
 import time
-import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import pyfuse3
 import trio
 
 from . import scsi
 from .engine.lun import BlockDevice, LunNotSupported
 from .engine.session import SessionError, SessionUnavailable
+from .fuse import kernel as K
+from .fuse.channel import Channel, Request
 
 log = logging.getLogger(__name__)
 
-ROOT = pyfuse3.ROOT_INODE
+ROOT = K.ROOT_ID
 
 
 class CommandError(Exception):
@@ -103,6 +104,14 @@ PORTAL_FILES = ("control", "status", "params", "luns", "setup", "hold_time")
 # ---------------------------------------------------------------------------------------------
 
 
+class FsError(Exception):
+    """A request fails with this errno."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(os.strerror(code))
+        self.errno = code
+
+
 @dataclass
 class Node:
     inode: int
@@ -126,7 +135,8 @@ class Handle:
     wrote: bool = False
     pending: bytearray | None = None  # a command line not yet terminated by a newline
     reply_at: int = 0  # file offset where the last command's write ended
-    shift: int | None = None  # decided by the first read after a command (see read())
+    shift: int | None = None  # decided by the first read after a command (see _read_text)
+    busy: trio.Lock | None = None  # commands on one open control file run in order
 
 
 def _lines(data: bytes) -> list[str]:
@@ -135,6 +145,8 @@ def _lines(data: bytes) -> list[str]:
 
 def _errno_for(e: BaseException) -> int:
     """The errno an application sees for an engine or SCSI failure."""
+    if isinstance(e, FsError):
+        return e.errno
     if isinstance(e, SessionUnavailable):
         return errno.EIO
     if isinstance(e, LunNotSupported):
@@ -146,6 +158,8 @@ def _errno_for(e: BaseException) -> int:
     if isinstance(e, scsi.ReservationConflict):
         return errno.EBADE  # as Linux's block layer reports a reservation conflict
     if isinstance(e, scsi.IllegalRequest) and e.asc == 0x21:
+        return errno.ENOSPC
+    if isinstance(e, OverflowError):
         return errno.ENOSPC
     return errno.EIO
 
@@ -168,27 +182,111 @@ class _Throttle:
         return False
 
 
-class Tree(pyfuse3.Operations):
-    """pyfuse3 operations for the iscsifs tree."""
+class _BufferPool:
+    """Reply buffers for LUN reads, reused: the reply is written synchronously, so a buffer is
+    free again as soon as it has been handed to the kernel."""
 
-    supports_dot_lookup = False
-    enable_writeback_cache = False
+    def __init__(self, keep: int = 32) -> None:
+        self._free: dict[int, list[bytearray]] = {}
+        self.keep = keep
 
-    def __init__(self, backend: Backend, *, uid: int | None = None, gid: int | None = None) -> None:
-        super().__init__()
+    def get(self, size: int) -> bytearray:
+        free = self._free.get(size)
+        return free.pop() if free else bytearray(size)
+
+    def put(self, buf: bytearray) -> None:
+        free = self._free.setdefault(len(buf), [])
+        if len(free) < self.keep:
+            free.append(buf)
+
+
+#: WRITE payloads at least this large keep the channel's buffer instead of being copied.
+TAKE_PAYLOAD = 64 * 1024
+
+
+class Tree:
+    """The iscsifs tree, answering the kernel's FUSE requests."""
+
+    def __init__(self, backend: Backend, *, uid: int | None = None, gid: int | None = None,
+                 max_write: int = 1 << 20, max_background: int = 64) -> None:
         self.backend = backend
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
+        self.max_write = max_write
+        self.max_background = max_background
+        self.channel: Channel | None = None
+        self.nursery: trio.Nursery | None = None
         self._nodes: dict[int, Node] = {}
         self._by_path: dict[tuple[str, ...], int] = {}
         self._next_inode = ROOT + 1
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
-        self._buffers: weakref.WeakKeyDictionary[Any, bytearray] = weakref.WeakKeyDictionary()
+        self._pool = _BufferPool()
         self._throttle = _Throttle()
-        self.closing = False  # at shutdown the kernel refuses invalidations: skip them
+        self.closing = False  # at shutdown: no more invalidations
+        self.destroyed = trio.Event()
         self._started = time.time()
         self._node((), "dir", 0o755)
+        self._ops: dict[int, Callable[[Request], None]] = {
+            K.Opcode.INIT: self._init,
+            K.Opcode.LOOKUP: self._lookup,
+            K.Opcode.FORGET: self._forget,
+            K.Opcode.BATCH_FORGET: self._forget,
+            K.Opcode.GETATTR: self._getattr,
+            K.Opcode.SETATTR: self._setattr,
+            K.Opcode.OPEN: self._open,
+            K.Opcode.READ: self._read,
+            K.Opcode.WRITE: self._write,
+            K.Opcode.FLUSH: self._flush,
+            K.Opcode.RELEASE: self._release,
+            K.Opcode.FSYNC: self._fsync,
+            K.Opcode.OPENDIR: self._opendir,
+            K.Opcode.READDIR: self._readdir,
+            K.Opcode.RELEASEDIR: self._releasedir,
+            K.Opcode.FSYNCDIR: self._ok,
+            K.Opcode.STATFS: self._statfs,
+            K.Opcode.ACCESS: self._ok,
+            K.Opcode.FALLOCATE: self._fallocate,
+            K.Opcode.INTERRUPT: self._forget,
+            K.Opcode.DESTROY: self._destroy,
+        }
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def dispatch(self, req: Request) -> None:
+        """Answer one request: now, or later from a callback or a task."""
+        op = self._ops.get(req.opcode)
+        try:
+            if op is None:
+                raise FsError(errno.ENOSYS)
+            op(req)
+        except FsError as e:
+            self._error(req.unique, e.errno)
+
+    def _reply(self, unique: int, *parts: Any) -> None:
+        assert self.channel is not None
+        self.channel.reply(unique, *parts)
+
+    def _error(self, unique: int, code: int) -> None:
+        assert self.channel is not None
+        self.channel.error(unique, code)
+
+    def _spawn(self, unique: int, work: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run slow work in a task; any failure becomes an errno reply (and a log line)."""
+        assert self.nursery is not None
+
+        async def run() -> None:
+            try:
+                await work()
+            except FsError as e:
+                self._error(unique, e.errno)
+            except (scsi.ScsiError, SessionError, LunNotSupported, OSError) as e:
+                self._error(unique, _errno_for(e))
+            except Exception:
+                log.exception("%s failed", what)
+                self._error(unique, errno.EIO)
+
+        self.nursery.start_soon(run)
 
     # -- the shape of the tree -------------------------------------------------------------
 
@@ -251,11 +349,11 @@ class Tree(pyfuse3.Operations):
         """The node of an inode, if it still exists in the tree."""
         node = self._nodes.get(inode)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise FsError(errno.ENOENT)
         if node.path:
             parent = node.path[:-1]
             if node.path[-1] not in self._children(parent):
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                raise FsError(errno.ENOENT)
         return node
 
     def _device(self, node: Node) -> BlockDevice | None:
@@ -263,111 +361,132 @@ class Tree(pyfuse3.Operations):
             return None
         return node.portal.devices().get(node.lun)
 
-    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = node.inode
-        if node.is_dir:
-            a.st_mode = stat.S_IFDIR | node.mode
-            a.st_nlink = 2
-        else:
-            a.st_mode = stat.S_IFREG | node.mode
-            a.st_nlink = 1
+    def _attr(self, node: Node) -> K.Attr:
         size = 0
+        blksize = 4096
         if node.kind == "lun":
             dev = self._device(node)
-            size = dev.size if dev is not None else 0
-            a.st_blksize = dev.block if dev is not None else 512
-        a.st_size = size
-        a.st_blocks = (size + 511) // 512
-        a.st_uid = self.uid
-        a.st_gid = self.gid
-        ns = int(self._started * 1e9)
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+            if dev is not None:
+                size, blksize = dev.size, dev.block
+        fmt = stat.S_IFDIR if node.is_dir else stat.S_IFREG
+        return K.Attr(ino=node.inode, mode=fmt | node.mode, size=size,
+                      nlink=2 if node.is_dir else 1, uid=self.uid, gid=self.gid,
+                      blksize=blksize, time_ns=int(self._started * 1e9))
+
+    def _attr_timeout(self, node: Node) -> float:
         # Everything here can change behind the kernel's back (sessions come and go): no
-        # caching of names, short caching of sizes.
-        a.entry_timeout = 0
-        a.attr_timeout = 1 if node.kind == "lun" else 0
-        a.generation = 0
-        return a
+        # caching of names, short caching of LUN sizes.
+        return 1.0 if node.kind == "lun" else 0.0
 
-    # -- metadata operations ---------------------------------------------------------------
+    def _handle(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF)
+        return handle
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        parent = self._live(parent_inode)
+    # -- metadata --------------------------------------------------------------------------
+
+    def _init(self, req: Request) -> None:
+        assert self.channel is not None
+        want = (K.InitFlag.ASYNC_READ | K.InitFlag.ATOMIC_O_TRUNC | K.InitFlag.BIG_WRITES
+                | K.InitFlag.ASYNC_DIO | K.InitFlag.PARALLEL_DIROPS | K.InitFlag.MAX_PAGES)
+        result = K.negotiate_init(req.body, max_write=self.max_write,
+                                  max_background=self.max_background, want=want)
+        self.channel.max_write = result.max_write
+        log.info("FUSE 7.%d: max_write %d, max_background %d", result.minor, result.max_write,
+                 self.max_background)
+        self._reply(req.unique, result.reply)
+
+    def _ok(self, req: Request) -> None:
+        self._reply(req.unique)
+
+    def _forget(self, req: Request) -> None:
+        return None  # nodes live as long as the tree; nothing to forget, nothing to answer
+
+    def _destroy(self, req: Request) -> None:
+        self._reply(req.unique)
+        self.destroyed.set()
+
+    def _lookup(self, req: Request) -> None:
+        parent = self._live(req.nodeid)
         if not parent.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        node = self._children(parent.path).get(os.fsdecode(name))
+            raise FsError(errno.ENOTDIR)
+        node = self._children(parent.path).get(os.fsdecode(K.cstring(req.body)))
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attr(node)
+            raise FsError(errno.ENOENT)
+        self._reply(req.unique, K.entry_out(self._attr(node),
+                                            attr_timeout=self._attr_timeout(node)))
 
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._attr(self._live(inode))
+    def _getattr(self, req: Request) -> None:
+        node = self._live(req.nodeid)
+        self._reply(req.unique, K.attr_out(self._attr(node),
+                                           attr_timeout=self._attr_timeout(node)))
 
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
-        node = self._live(inode)
-        if fields.update_size:
+    def _setattr(self, req: Request) -> None:
+        node = self._live(req.nodeid)
+        valid, _pad, _fh, size = K.SETATTR_IN.unpack_from(req.body)[:4]
+        if valid & K.FATTR_SIZE:
             # Truncating a block device is meaningless; shells do it for `>` redirections of
             # control files, which is harmless, and `truncate` on a LUN file must not lie.
             if node.kind == "lun":
                 dev = self._device(node)
-                if dev is None or attr.st_size != dev.size:
-                    raise pyfuse3.FUSEError(errno.EINVAL)
-        elif fields.update_mode or fields.update_uid or fields.update_gid:
-            raise pyfuse3.FUSEError(errno.EPERM)
-        return self._attr(node)
+                if dev is None or size != dev.size:
+                    raise FsError(errno.EINVAL)
+        elif valid & (K.FATTR_MODE | K.FATTR_UID | K.FATTR_GID):
+            raise FsError(errno.EPERM)
+        self._reply(req.unique, K.attr_out(self._attr(node)))
 
-    async def opendir(self, inode: int, ctx: Any) -> int:
-        node = self._live(inode)
+    def _opendir(self, req: Request) -> None:
+        node = self._live(req.nodeid)
         if not node.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+            raise FsError(errno.ENOTDIR)
+        self._reply(req.unique, K.open_out(node.inode, 0))
 
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    def _readdir(self, req: Request) -> None:
+        fh, off, size = K.READ_IN.unpack_from(req.body)[:3]
         node = self._live(fh)
-        entries = sorted(self._children(node.path).items())
-        for i, (name, child) in enumerate(entries[start_id:], start_id + 1):
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(child), i):
-                break
+        entries = [(c.inode, os.fsencode(name), self._attr(c).mode)
+                   for name, c in sorted(self._children(node.path).items())]
+        self._reply(req.unique, K.dirents(entries, off, size))
 
-    async def releasedir(self, fh: int) -> None:
-        return None
+    def _releasedir(self, req: Request) -> None:
+        self._reply(req.unique)
 
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 512
+    def _statfs(self, req: Request) -> None:
         total = sum(d.size for p in self.backend.portals() for d in p.devices().values())
-        s.f_blocks = total // 512
-        s.f_bfree = s.f_bavail = 0
-        s.f_files = len(self._nodes)
-        s.f_ffree = s.f_favail = 0
-        s.f_namemax = 255
-        return s
+        self._reply(req.unique, K.statfs_out(blocks=total // 512, bsize=512,
+                                             files=len(self._nodes)))
 
     # -- files -----------------------------------------------------------------------------
 
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        node = self._live(inode)
+    def _open(self, req: Request) -> None:
+        node = self._live(req.nodeid)
         if node.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
+            raise FsError(errno.EISDIR)
+        flags = K.OPEN_IN.unpack_from(req.body)[0]
         accmode = flags & os.O_ACCMODE
         want_write = accmode in (os.O_WRONLY, os.O_RDWR)
         want_read = accmode in (os.O_RDONLY, os.O_RDWR)
         if (want_write and not node.mode & 0o200) or (want_read and not node.mode & 0o400):
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise FsError(errno.EACCES)
         handle = Handle(node=node)
+        open_flags = K.FOPEN_DIRECT_IO
         if node.kind == "lun":
             handle.device = self._device(node)
             if handle.device is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-        elif want_read and not want_write:
-            handle.content = self._render(node).encode()
+                raise FsError(errno.ENOENT)
+            # Writes to different blocks may run together; BlockDevice orders overlapping ones.
+            open_flags |= K.FOPEN_PARALLEL_DIRECT_WRITES
+        else:
+            if want_read and not want_write:
+                handle.content = self._render(node).encode()
+            handle.busy = trio.Lock()
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = handle
-        # direct_io: LUN I/O goes to the target at the size the application asked for, and
-        # text files can report size 0 yet be read whole (their length is only known on read).
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        # Direct I/O: LUN I/O reaches the target at the size the application asked for, and
+        # text files can report size 0 yet be read whole (their length is known on read).
+        self._reply(req.unique, K.open_out(fh, open_flags))
 
     def _render(self, node: Node) -> str:
         try:
@@ -386,78 +505,117 @@ class Tree(pyfuse3.Operations):
                 }[name]()
         except Exception:
             log.exception("rendering %s", "/".join(node.path))
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise FsError(errno.EIO) from None
         return ""
 
-    async def read(self, fh: int, off: int, size: int) -> Any:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+    def _read(self, req: Request) -> None:
+        fh, off, size = K.READ_IN.unpack_from(req.body)[:3]
+        handle = self._handle(fh)
         dev = handle.device
         if dev is None:
-            if not handle.content and not handle.wrote and handle.node.kind != "lun":
-                handle.content = self._render(handle.node).encode()
-            # After a command, a program that preads from 0 reads the reply as a file; a shell
-            # reading on the same descriptor (exec 3<>control; echo >&3; cat <&3) reads from
-            # where its write left the offset. The first read after the command tells which.
-            if handle.wrote:
-                if handle.shift is None:
-                    handle.shift = handle.reply_at if off == handle.reply_at else 0
-                off -= handle.shift
-                if off < 0:
-                    return b""
-            return handle.content[off : off + size]
-        try:
-            bs = dev.block
-            if not (off % bs or size % bs) and off + size <= dev.size:
-                buf = self._buffer(size)
-                await dev.read_blocks(off // bs, buf)
-                return buf
-            return await dev.read(off, size)
-        except (scsi.ScsiError, SessionError, ValueError) as e:
-            raise self._io_error(handle, "read", off, size, e) from None
+            self._reply(req.unique, self._read_text(handle, off, size))
+            return
+        unique = req.unique
+        end = min(off + size, dev.size)
+        if off >= end:
+            self._reply(unique)
+            return
+        bs = dev.block
+        if off % bs or (end - off) % bs:
+            async def partial() -> None:
+                data = await dev.read(off, end - off)
+                self._reply(unique, data)
 
-    def _buffer(self, size: int) -> memoryview:
-        """A read buffer private to the pyfuse3 worker task serving this request."""
-        task = trio.lowlevel.current_task()
-        buf = self._buffers.get(task)
-        if buf is None or len(buf) < size:
-            buf = bytearray(max(size, 1 << 16))
-            self._buffers[task] = buf
-        return memoryview(buf)[:size]
+            self._spawn(unique, partial, "read")
+            return
+        buf = self._pool.get(end - off)
 
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        handle.reply_at = off + len(buf)
+        def done(err: BaseException | None) -> None:
+            if err is None:
+                self._reply(unique, buf)
+            else:
+                self._io_error(unique, handle, "read", off, end - off, err)
+            self._pool.put(buf)
+
+        dev.start_read(off // bs, memoryview(buf), done, self._start_soon)
+
+    def _start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        assert self.nursery is not None
+        self.nursery.start_soon(fn, *args)
+
+    def _read_text(self, handle: Handle, off: int, size: int) -> bytes:
+        if not handle.content and not handle.wrote:
+            handle.content = self._render(handle.node).encode()
+        # After a command, a program that preads from 0 reads the reply as a file; a shell
+        # reading on the same descriptor (exec 3<>control; echo >&3; cat <&3) reads from
+        # where its write left the offset. The first read after the command tells which.
+        if handle.wrote:
+            if handle.shift is None:
+                handle.shift = handle.reply_at if off == handle.reply_at else 0
+            off -= handle.shift
+            if off < 0:
+                return b""
+        return handle.content[off : off + size]
+
+    def _write(self, req: Request) -> None:
+        fh, off, size = K.WRITE_IN.unpack_from(req.body)[:3]
+        handle = self._handle(fh)
+        unique = req.unique
+        handle.reply_at = off + size
         handle.shift = None
         dev = handle.device
-        if dev is not None:
-            if off >= dev.size and buf:
-                raise pyfuse3.FUSEError(errno.ENOSPC)
-            if off + len(buf) > dev.size:
-                buf = buf[: dev.size - off]  # a short write; the next one gets ENOSPC
-            try:
-                return await dev.write(off, buf)
-            except (scsi.ScsiError, SessionError, ValueError, OverflowError) as e:
-                raise self._io_error(handle, "write", off, len(buf), e) from None
-        return await self._command(handle, buf)
+        if dev is None:
+            data = bytes(req.data[:size])
+            self._spawn(unique, lambda: self._command(unique, handle, data), "command")
+            return
+        if off >= dev.size and size:
+            raise FsError(errno.ENOSPC)
+        n = min(size, dev.size - off)  # a write crossing the end is short; the next: ENOSPC
+        bs = dev.block
+        if off % bs or n % bs:
+            data = bytes(req.data[:n])
 
-    async def _command(self, handle: Handle, buf: bytes) -> int:
+            async def partial() -> None:
+                await dev.write(off, data)
+                self._reply(unique, K.write_out(n))
+
+            self._spawn(unique, partial, "write")
+            return
+        assert self.channel is not None
+        channel = self.channel
+        owned: bytearray | None = None
+        if n >= TAKE_PAYLOAD:
+            owned = channel.take_payload()
+            view = memoryview(owned)[:n]
+        else:
+            view = memoryview(bytes(req.data[:n]))
+
+        def done(err: BaseException | None) -> None:
+            if owned is not None:
+                channel.give_payload(owned)
+            if err is None:
+                self._reply(unique, K.write_out(n))
+            else:
+                self._io_error(unique, handle, "write", off, n, err)
+
+        dev.start_write(off // bs, view, done, self._start_soon)
+
+    async def _command(self, unique: int, handle: Handle, data: bytes) -> None:
         """Run each complete line written to a control file. The reply (or the error message)
         is what a read of the same open file returns; a failure also fails the write. A last
         line without a newline (printf) runs when the file is closed."""
-        pending = (handle.pending or bytearray()) + buf
-        if len(pending) > 65536:
-            raise pyfuse3.FUSEError(errno.E2BIG)
-        if b"\n" not in pending:
-            handle.pending = pending
-            return len(buf)
-        complete, _, rest = bytes(pending).rpartition(b"\n")
-        handle.pending = bytearray(rest) if rest else None
-        await self._run_lines(handle, _lines(complete))
-        return len(buf)
+        assert handle.busy is not None
+        async with handle.busy:
+            pending = (handle.pending or bytearray()) + data
+            if len(pending) > 65536:
+                raise FsError(errno.E2BIG)
+            if b"\n" in pending:
+                complete, _, rest = bytes(pending).rpartition(b"\n")
+                handle.pending = bytearray(rest) if rest else None
+                await self._run_lines(handle, _lines(complete))
+            else:
+                handle.pending = pending
+        self._reply(unique, K.write_out(len(data)))
 
     async def _run_lines(self, handle: Handle, lines: Iterable[str]) -> None:
         node = handle.node
@@ -477,55 +635,100 @@ class Tree(pyfuse3.Operations):
             except CommandError as e:
                 log.warning("%s: %s: %s", "/".join(node.path), line.split(" ", 1)[0], e)
                 handle.content = ("ERROR. " + str(e) + "\n").encode()
-                raise pyfuse3.FUSEError(e.errno) from None
+                raise FsError(e.errno) from None
+            except FsError:
+                raise
             except Exception:
                 log.exception("%s: command failed", "/".join(node.path))
                 handle.content = b"ERROR. internal error; see the log\n"
-                raise pyfuse3.FUSEError(errno.EIO) from None
+                raise FsError(errno.EIO) from None
         handle.content = "".join(r if r.endswith("\n") or not r else r + "\n"
                                  for r in replies).encode()
 
-    def _io_error(self, handle: Handle, op: str, off: int, size: int,
-                  e: BaseException) -> pyfuse3.FUSEError:
+    def _io_error(self, unique: int, handle: Handle, op: str, off: int, size: int,
+                  e: BaseException) -> None:
         code = _errno_for(e)
         name = "/".join(handle.node.path)
         if self._throttle.allow(f"{name}:{type(e).__name__}"):
             log.error("%s: %s of %d bytes at %d failed: %s (%s)", name, op, size, off, e,
                       errno.errorcode.get(code, code))
-        return pyfuse3.FUSEError(code)
+        self._error(unique, code)
 
-    async def flush(self, fh: int) -> None:
+    def _flush(self, req: Request) -> None:
+        fh = K.FLUSH_IN.unpack_from(req.body)[0]
         handle = self._handles.get(fh)
-        if handle is not None and handle.pending:
-            line = bytes(handle.pending)
-            handle.pending = None
-            await self._run_lines(handle, _lines(line))
+        if handle is None or not handle.pending:
+            self._reply(req.unique)
+            return
+        unique = req.unique
 
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        if handle.device is not None:
-            try:
-                await handle.device.sync()
-            except (scsi.ScsiError, SessionError) as e:
-                raise self._io_error(handle, "fsync", 0, 0, e) from None
+        async def run_pending() -> None:
+            assert handle.busy is not None
+            async with handle.busy:
+                line = bytes(handle.pending or b"")
+                handle.pending = None
+                await self._run_lines(handle, _lines(line))
+            self._reply(unique)
 
-    async def release(self, fh: int) -> None:
+        self._spawn(unique, run_pending, "command")
+
+    def _release(self, req: Request) -> None:
+        fh = K.RELEASE_IN.unpack_from(req.body)[0]
         self._handles.pop(fh, None)
+        self._reply(req.unique)
+
+    def _fsync(self, req: Request) -> None:
+        fh = K.FSYNC_IN.unpack_from(req.body)[0]
+        handle = self._handle(fh)
+        dev = handle.device
+        if dev is None:
+            self._reply(req.unique)
+            return
+        unique = req.unique
+
+        async def sync() -> None:
+            try:
+                await dev.sync()
+            except (scsi.ScsiError, SessionError) as e:
+                self._io_error(unique, handle, "fsync", 0, 0, e)
+                return
+            self._reply(unique)
+
+        self._spawn(unique, sync, "fsync")
+
+    def _fallocate(self, req: Request) -> None:
+        fh, off, length, mode = K.FALLOCATE_IN.unpack_from(req.body)[:4]
+        handle = self._handle(fh)
+        dev = handle.device
+        punch = K.FALLOC_FL_PUNCH_HOLE | K.FALLOC_FL_KEEP_SIZE
+        if dev is None:
+            raise FsError(errno.EOPNOTSUPP)
+        if mode == 0 and off + length <= dev.size:
+            self._reply(req.unique)  # the space of a LUN is always there
+            return
+        if mode != punch:
+            raise FsError(errno.EOPNOTSUPP)
+        if not dev.info.unmap:
+            raise FsError(errno.EOPNOTSUPP)
+        unique = req.unique
+
+        async def punch_hole() -> None:
+            await dev.unmap(off, length)
+            self._reply(unique)
+
+        self._spawn(unique, punch_hole, "unmap")
 
     # -- notifications ---------------------------------------------------------------------
 
     def invalidate(self, path: Sequence[str]) -> None:
         """Tell the kernel a directory entry changed (a LUN came or went)."""
         path = tuple(path)
-        if self.closing:
+        if self.closing or self.channel is None:
             return
         parent = self._by_path.get(path[:-1]) if len(path) > 1 else ROOT
         if parent is None:
             return
         try:
-            pyfuse3.invalidate_entry_async(parent, os.fsencode(path[-1]), ignore_enoent=True)
-        except Exception:  # not mounted (tests), or the kernel queue is gone at shutdown
-            pass
-
+            self.channel.notify(K.notify_inval_entry(parent, os.fsencode(path[-1])))
+        except OSError as e:
+            log.debug("invalidate %s: %s", "/".join(path), e)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import trio
 
 from .. import scsi
-from .session import Session
+from ..proto.connection import Task
+from .session import Session, SessionError
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,15 @@ class _RangeLock:
     def __init__(self) -> None:
         self._held: list[tuple[int, int, trio.Event]] = []
 
+    def try_acquire(self, start: int, end: int) -> tuple[int, int, trio.Event] | None:
+        """The range at once, or None when an overlapping operation holds part of it."""
+        for s, e, _ev in self._held:
+            if s < end and start < e:
+                return None
+        entry = (start, end, trio.Event())
+        self._held.append(entry)
+        return entry
+
     async def acquire(self, start: int, end: int) -> tuple[int, int, trio.Event]:
         while True:
             for s, e, ev in self._held:
@@ -176,6 +186,7 @@ class BlockDevice:
         self.block = info.block_size
         self.size = info.size
         self.max_blocks = max(1, info.max_transfer_bytes // info.block_size)
+        self._lun_field = scsi.encode_lun(info.number)
         self._locks = _RangeLock()
 
     # -- reads -----------------------------------------------------------------------------
@@ -208,6 +219,80 @@ class BlockDevice:
         if task.underflow and task.residual:
             raise scsi.ScsiError(
                 f"READ of {blocks} blocks at {lba} came back {task.residual} bytes short")
+
+    # -- completion by callback: the FUSE fast path ------------------------------------------
+
+    def start_read(self, lba: int, view: memoryview, done: Done, spawn: Spawn) -> None:
+        """Read whole blocks into view and call done(None) or done(error) when finished,
+        without a task waiting: one command, completed from the session's reader. A
+        retryable error (UNIT ATTENTION, BUSY...) or a transfer needing several commands
+        continues in a task started with spawn(async_fn, *args)."""
+        blocks = len(view) // self.block
+        if blocks > self.max_blocks:
+            spawn(_finish, self.read_blocks(lba, view), done)
+            return
+        task = Task(lun=self._lun_field, cdb=scsi.read_cdb(lba, blocks), read_buf=view,
+                    expected_length=len(view))
+
+        def finished(t: Task) -> None:
+            err = self.session.result_error(t)
+            if err is None and t.underflow and t.residual:
+                err = scsi.ScsiError(f"READ of {blocks} blocks at {lba} came back "
+                                     f"{t.residual} bytes short")
+            if err is not None and _retryable(err):
+                spawn(_finish, self._read_chunk(lba, blocks, view), done)
+                return
+            done(err)
+
+        try:
+            self.session.start(task, finished)
+        except SessionError as e:
+            done(e)
+
+    def start_write(self, lba: int, view: memoryview, done: Done, spawn: Spawn) -> None:
+        """Write whole blocks from view, completing like start_read(). The block range stays
+        locked until the data is on the target, through any retry."""
+        blocks = len(view) // self.block
+        entry = (self._locks.try_acquire(lba, lba + blocks) if blocks <= self.max_blocks
+                 else None)
+        if entry is None:  # overlaps a write in flight, or needs several commands
+            spawn(_finish, self._write_blocks(lba, view), done)
+            return
+        task = Task(lun=self._lun_field, cdb=scsi.write_cdb(lba, blocks), write_buf=view,
+                    expected_length=len(view))
+
+        def finished(t: Task) -> None:
+            err = self.session.result_error(t)
+            if err is not None and _retryable(err):
+                spawn(self._retry_write_locked, entry, lba, blocks, view, done)
+                return
+            self._locks.release(entry)
+            done(err)
+
+        try:
+            self.session.start(task, finished)
+        except SessionError as e:
+            self._locks.release(entry)
+            done(e)
+
+    async def _retry_write_locked(self, entry: tuple[int, int, trio.Event], lba: int,
+                                  blocks: int, view: memoryview, done: Done) -> None:
+        err: BaseException | None = None
+        try:
+            await self._write_chunk(lba, blocks, view)
+        except Exception as e:
+            err = e
+        finally:
+            self._locks.release(entry)
+        done(err)
+
+    async def _write_blocks(self, lba: int, view: memoryview) -> None:
+        blocks = len(view) // self.block
+        entry = await self._locks.acquire(lba, lba + blocks)
+        try:
+            await self._split(lba, blocks, view, self._write_chunk)
+        finally:
+            self._locks.release(entry)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -313,6 +398,24 @@ class BlockDevice:
                     nursery.start_soon(one, c_lba, c_blocks)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
+
+
+Done = Callable[[BaseException | None], None]
+Spawn = Callable[..., None]
+
+
+def _retryable(err: BaseException) -> bool:
+    return isinstance(err, scsi.ScsiError) and scsi.retry_decision(err, 1).retry
+
+
+async def _finish(work: Awaitable[object], done: Done) -> None:
+    """Await work in a spawned task and report its outcome to done()."""
+    try:
+        await work
+    except Exception as e:
+        done(e)
+    else:
+        done(None)
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:

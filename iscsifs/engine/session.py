@@ -134,6 +134,25 @@ class Listener:
 Connector = Callable[..., Any]
 
 
+class _Callback:
+    """A task's completion, delivered by calling a function instead of setting an Event: the
+    session calls .set() on task.context either way."""
+
+    __slots__ = ("fn", "task")
+
+    def __init__(self, task: Task, fn: Callable[[Task], None]) -> None:
+        self.task = task
+        self.fn: Callable[[Task], None] | None = fn
+
+    def set(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            try:
+                fn(self.task)
+            except Exception:
+                log.exception("completion callback failed")
+
+
 def new_isid() -> bytes:
     """A random-format ISID (RFC 7143 11.12.5: T=10b), fixed for the life of a Session object so
     that a re-login reinstates the old session at the target instead of adding one."""
@@ -295,6 +314,44 @@ class Session:
             raise CommandFailed(str(err)) from None
         self.commands_done += 1
         return task
+
+    def start(self, task: Task, on_done: Callable[[Task], None]) -> None:
+        """Submit a task without waiting: on_done(task) is called once it has finished, from
+        whichever task finishes it (usually the reader, the moment its status arrives; or the
+        hold timer and logout, with task.error set). Callers that serve many small requests
+        use this to complete them without a task of their own each. Raises
+        SessionUnavailable at once when the session cannot take it, as execute() would.
+        The caller reads the outcome with result_error(task)."""
+        if not self._want or self.state is State.FAILED:
+            raise SessionUnavailable(self._unavailable_reason())
+        task.context = _Callback(task, on_done)
+        live = self._live
+        if (live is not None and live.lost is None and self.state is State.CONNECTED
+                and not live.draining):
+            self._submit(live, task)
+            self._flush(live, soon=len(live.conn.tasks) > 1)
+        else:
+            self._waiting.append(task)
+
+    def result_error(self, task: Task) -> Exception | None:
+        """The outcome of a finished task started with start(), as execute()/command() would
+        raise it: None for GOOD (or RECOVERED ERROR); SessionError or CommandFailed when it
+        did not complete; the scsi.ScsiError for any other status. Counts it when GOOD."""
+        err = task.error
+        if err is not None:
+            return err if isinstance(err, SessionError) else CommandFailed(str(err))
+        if task.status != 0:
+            error = scsi.error_for_status(task.status, task.sense)
+            if error is not None and not isinstance(error, scsi.RecoveredError):
+                if isinstance(error, scsi.UnitAttention) and error.luns_changed:
+                    self.listener.luns_changed(self)
+                return error
+        self.commands_done += 1
+        if task.read_buf is not None:
+            self.bytes_read += task.transferred
+        elif task.write_buf is not None:
+            self.bytes_written += task.expected_length
+        return None
 
     async def command(
         self,

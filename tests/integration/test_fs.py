@@ -262,3 +262,31 @@ def test_control_reply_reads_both_ways(mount):
         assert os.read(fd, 4096) == b""
     finally:
         os.close(fd)
+
+
+def test_punch_hole_unmaps_on_a_thin_lun(tmp_path, tgtd, make_target):
+    target = make_target(luns=(16 * MiB,))
+    tgtd.tgtadm("--lld", "iscsi", "--mode", "logicalunit", "--op", "update", "--tid",
+                str(target.tid), "--lun", "1", "--params", "thin_provisioning=1")
+    with open(target.lun_path(1), "r+b") as f:
+        f.write(b"\xaa" * (4 * MiB))
+    host, port = tgtd.portal.rsplit(":", 1)
+    with Mount(tmp_path, [PortalSpec(target.iqn, host, int(port))]) as m:
+        lun = m.portal_dir(target.iqn, host, int(port)) / "lun1"
+        m.wait_for(lun)
+        subprocess.run(["fallocate", "--punch-hole", "--keep-size", "--offset", str(MiB),
+                        "--length", str(MiB), str(lun)], check=True)
+        with open(lun, "rb") as f:
+            f.seek(MiB - 512)
+            assert f.read(512 + MiB + 512) == b"\xaa" * 512 + bytes(MiB) + b"\xaa" * 512
+    with open(target.lun_path(1), "rb") as f:
+        f.seek(MiB)
+        assert f.read(MiB) == bytes(MiB)
+
+
+def test_punch_hole_without_thin_provisioning_is_refused(mount):
+    r = subprocess.run(["fallocate", "--punch-hole", "--keep-size", "--offset", "0",
+                        "--length", str(MiB), str(mount.portal / "lun1")],
+                       capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "unsupported" in r.stderr.lower()  # util-linux words EOPNOTSUPP so
