@@ -1626,3 +1626,365 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------- network namespace
+# Added after the CLI so the code above stays as it was; `scripts/netns` is the command line of
+# these two classes. Nothing here runs when testbed.py is executed as a script.
+
+
+class Netns:
+    """A network namespace joined to the root namespace by a veth pair on a private /30:
+    the root side gets the first host address, the namespace side the second. For faults a
+    loopback portal cannot show: cut() drops every packet on the namespace's veth (nftables
+    inside the namespace), restore() lets them through again.
+
+    The root namespace has a default route to a real network, so a connection to a namespace
+    address must never be routed there (when the veth is gone, its connected route goes with
+    it and the default route would match). The subnet is therefore claimed first with a
+    blackhole route of a high metric: the veth's connected route (metric 0) wins while it
+    exists, the blackhole catches everything otherwise. Adding that route is also the claim
+    on the subnet (EEXIST: another run has it). It is removed last, and only when no process
+    that may still connect (protect()) lives and no root-namespace socket to the subnet is
+    open; otherwise it is left in place and the command that removes it is printed.
+    """
+
+    BLACKHOLE_METRIC = 4242
+    NFT_TABLE = "iscsifs_cut"
+
+    def __init__(self, *, subnet: str | None = None, tag: str | None = None,
+                 ip_timeout: float = 15.0) -> None:
+        self.tag = tag or os.urandom(4).hex()
+        self.name = f"iscsifs-{self.tag}"
+        self.host_dev = f"ifs{self.tag}h"  # at most 15 characters, the kernel's limit
+        self.ns_dev = f"ifs{self.tag}n"
+        self.ip_timeout = ip_timeout
+        self.subnet: str | None = None
+        self._want_subnet = subnet
+        self._blackhole = False
+        self._namespace = False
+        self._veth = False
+        self._cut = False
+        self._protected: list[int] = []
+        _CLOSERS[id(self)] = self
+
+    # ------------------------------------------------------------------ addresses
+
+    def _hosts(self) -> list[str]:
+        import ipaddress
+
+        if self.subnet is None:
+            raise TestbedError("namespace not up")
+        return [str(h) for h in ipaddress.ip_network(self.subnet).hosts()]
+
+    @property
+    def host_address(self) -> str:
+        """The root namespace's end of the veth (where the initiator connects from)."""
+        return self._hosts()[0]
+
+    @property
+    def ns_address(self) -> str:
+        """The namespace's end of the veth (where tgtd listens)."""
+        return self._hosts()[1]
+
+    @property
+    def cut_active(self) -> bool:
+        return self._cut
+
+    # ------------------------------------------------------------------ commands
+
+    def _ip(self, *args: str, check: bool = True, input: str | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(list(args), capture_output=True, text=True, check=False,
+                           timeout=self.ip_timeout, input=input)
+        if check and r.returncode != 0:
+            raise TestbedError(f"{shlex.join(args)}: rc={r.returncode}: {r.stderr.strip()}")
+        return r
+
+    def exec_argv(self, argv: Sequence[str]) -> list[str]:
+        """argv run inside the namespace. `ip netns exec` execs the command itself (no extra
+        process), so the PID of the Popen is the PID of the command: signals by PID work."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(self, *argv: str, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the namespace and wait for it."""
+        return self._ip(*self.exec_argv(argv), check=check, input=input)
+
+    def route(self, address: str | None = None) -> str:
+        """`ip route get` for a namespace address, as the root namespace sees it: 'blackhole'
+        when only the blackhole route matches, else the route's text."""
+        r = self._ip("ip", "route", "get", address or self.ns_address, check=False)
+        if r.returncode != 0:
+            # The kernel answers EINVAL for a destination that only a blackhole route matches.
+            return "blackhole" if self._blackhole_present() else f"error: {r.stderr.strip()}"
+        return r.stdout.strip()
+
+    def _blackhole_present(self) -> bool:
+        if self.subnet is None:
+            return False
+        r = self._ip("ip", "-j", "route", "show", "type", "blackhole", self.subnet, check=False)
+        try:
+            routes = json.loads(r.stdout or "[]")
+        except ValueError:
+            return False
+        return any(x.get("metric") == self.BLACKHOLE_METRIC for x in routes)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _candidates(self) -> Iterable[str]:
+        if self._want_subnet is not None:
+            yield self._want_subnet
+            return
+        rng = random.SystemRandom()
+        for _ in range(64):
+            yield f"10.251.{rng.randrange(256)}.{rng.randrange(64) * 4}/30"
+
+    def _in_use(self, subnet: str) -> bool:
+        """Some route other than the default one covers or lies inside the subnet."""
+        import ipaddress
+
+        net = ipaddress.ip_network(subnet)
+        for args in (("to", "match", str(net[2])), ("root", subnet)):
+            r = self._ip("ip", "-j", "route", "show", *args, check=False)
+            with contextlib.suppress(ValueError):
+                if any(x.get("dst") != "default" for x in json.loads(r.stdout or "[]")):
+                    return True
+        return False
+
+    def _claim_subnet(self) -> None:
+        import ipaddress
+
+        for subnet in self._candidates():
+            net = ipaddress.ip_network(subnet, strict=True)
+            if net.version != 4 or net.prefixlen != 30:
+                raise TestbedError(f"subnet {subnet}: want an IPv4 /30")
+            if self._in_use(subnet):
+                if self._want_subnet is not None:
+                    raise TestbedError(f"subnet {subnet} is already routed on this machine")
+                continue
+            r = self._ip("ip", "route", "add", "blackhole", subnet, "metric",
+                         str(self.BLACKHOLE_METRIC), check=False)
+            if r.returncode == 0:
+                self.subnet = subnet
+                self._blackhole = True
+                return
+            if self._want_subnet is not None:
+                raise TestbedError(f"blackhole route for {subnet}: {r.stderr.strip()}")
+        raise TestbedError("no free /30 in 10.251.0.0/16 for a namespace")
+
+    def up(self) -> Netns:
+        """Claim a subnet (blackhole route), create the namespace and the veth pair, address
+        and raise both ends, and check that the root namespace routes the namespace address
+        through the veth (and only there)."""
+        _require("ip", "nft", "ss")
+        if self._namespace:
+            raise TestbedError("namespace already up")
+        try:
+            self._claim_subnet()
+            if self.route() != "blackhole":
+                raise TestbedError(f"{self.subnet}: blackhole route not effective: "
+                                   f"{self.route()}")
+            self._ip("ip", "netns", "add", self.name)
+            self._namespace = True
+            self._ip("ip", "link", "add", self.host_dev, "type", "veth", "peer", "name",
+                     self.ns_dev, "netns", self.name)
+            self._veth = True
+            self._ip("ip", "addr", "add", f"{self.host_address}/30", "dev", self.host_dev)
+            self._ip("ip", "link", "set", self.host_dev, "up")
+            self._ip("ip", "-n", self.name, "addr", "add", f"{self.ns_address}/30", "dev",
+                     self.ns_dev)
+            self._ip("ip", "-n", self.name, "link", "set", self.ns_dev, "up")
+            self._ip("ip", "-n", self.name, "link", "set", "lo", "up")
+            deadline = time.monotonic() + DEFAULT_TIMEOUT
+            while f"dev {self.host_dev} " not in self.route() + " ":
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"{self.ns_address} not routed through {self.host_dev}: "
+                                       f"{self.route()}")
+                time.sleep(POLL)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def cut(self) -> None:
+        """Fault: drop every packet in and out of the namespace's veth (a silent network:
+        no RST, no ICMP; TCP on both sides just retransmits)."""
+        if self._cut:
+            return
+        dev = self.ns_dev
+        self.run("nft", "-f", "-", input=(
+            f"table inet {self.NFT_TABLE} {{\n"
+            f"  chain input {{ type filter hook input priority -300; policy accept;"
+            f" iifname \"{dev}\" drop; }}\n"
+            f"  chain output {{ type filter hook output priority -300; policy accept;"
+            f" oifname \"{dev}\" drop; }}\n"
+            "}\n"))
+        self._cut = True
+
+    def restore(self) -> None:
+        """Undo cut(): packets flow again (connections that survived carry on)."""
+        if not self._cut:
+            return
+        self.run("nft", "delete", "table", "inet", self.NFT_TABLE)
+        self._cut = False
+
+    def protect(self, pid: int) -> None:
+        """Keep the blackhole route for as long as process pid lives (a client of the
+        namespace, e.g. an initiator that would otherwise reconnect over the default route
+        when close() runs before it is stopped)."""
+        self._protected.append(pid)
+
+    def _open_sockets(self) -> list[str]:
+        """Root-namespace TCP sockets to the subnet that may still send a packet on their own,
+        as 'local -> remote state'. FIN_WAIT2 (05), TIME_WAIT (06), CLOSE (07) and LISTEN (0A)
+        only ever answer what arrives, and nothing arrives once the veth is gone."""
+        import ipaddress
+
+        if self.subnet is None:
+            return []
+        net = ipaddress.ip_network(self.subnet)
+        out: list[str] = []
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+                cols = line.split()
+                if len(cols) < 4 or cols[3] in ("05", "06", "07", "0A"):
+                    continue
+                addr, port = _hex_addr(cols[2])
+                if ipaddress.ip_address(addr) in net:
+                    out.append(f"{cols[1]} -> {addr}:{port} state {cols[3]}")
+        return out
+
+    def detach(self) -> None:
+        """Leave the namespace in place when this Python process exits (`scripts/netns up`)."""
+        _CLOSERS.pop(id(self), None)
+
+    def close(self) -> None:
+        """Teardown, in the order that keeps traffic off the real network: lift a cut (so
+        closing connections finish on the veth), wait briefly for root-namespace sockets to
+        the subnet to close (then destroy those left, `ss -K`), delete the veth (both ends) and
+        the namespace (its nft table goes with it), and only then the blackhole route, if
+        nothing may still use it."""
+        if self._cut and self._namespace:
+            with contextlib.suppress(Exception):
+                self.restore()
+        self._cut = False
+        if self._veth:
+            deadline = time.monotonic() + 5.0
+            while self._open_sockets() and time.monotonic() < deadline:
+                time.sleep(POLL)
+            if self._open_sockets():
+                # Orphans of connections cut earlier (a FIN retransmitted on a timer backed off
+                # during the cut): destroy them, they would otherwise outlive the veth.
+                self._ip("ss", "-K", "-tn", "dst", self.subnet or "", check=False)
+            self._ip("ip", "link", "del", self.host_dev, check=False)
+            self._veth = False
+        if self._namespace:
+            self._ip("ip", "netns", "del", self.name, check=False)
+            self._namespace = False
+        if self._blackhole:
+            alive = [p for p in self._protected if _proc_state(p) not in (None, "Z", "X")]
+            busy = self._open_sockets()
+            if alive or busy:
+                print(f"testbed: keeping `blackhole {self.subnet} metric "
+                      f"{self.BLACKHOLE_METRIC}` (still in use: pids {alive}, sockets {busy}); "
+                      f"remove it later with: ip route del blackhole {self.subnet} metric "
+                      f"{self.BLACKHOLE_METRIC}", file=sys.stderr)
+            else:
+                self._ip("ip", "route", "del", "blackhole", self.subnet or "", "metric",
+                         str(self.BLACKHOLE_METRIC), check=False)
+            self._blackhole = False
+        _CLOSERS.pop(id(self), None)
+
+    @classmethod
+    def find(cls, name: str) -> Netns:
+        """The Netns object for a namespace `scripts/netns up` left running (by its name),
+        rebuilt from the machine's state, so that it can be faulted or closed."""
+        m = re.fullmatch(r"iscsifs-([0-9a-f]{8})", name)
+        if not m:
+            raise TestbedError(f"{name!r} is not a namespace of the test bed (iscsifs-XXXXXXXX)")
+        ns = cls(tag=m.group(1))
+        r = ns._ip("ip", "-j", "addr", "show", "dev", ns.host_dev, check=False)
+        with contextlib.suppress(ValueError, IndexError, KeyError):
+            info = json.loads(r.stdout or "[]")[0]["addr_info"]
+            local = next(a["local"] for a in info if a.get("family") == "inet")
+            import ipaddress
+
+            ns.subnet = str(ipaddress.ip_interface(f"{local}/30").network)
+        ns._veth = r.returncode == 0
+        ns._namespace = name in ns._ip("ip", "netns", "list", check=False).stdout.split()
+        ns._blackhole = ns._blackhole_present()
+        if ns._namespace:
+            tables = ns.run("nft", "list", "tables", check=False).stdout
+            ns._cut = f"inet {cls.NFT_TABLE}" in tables
+        return ns
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "subnet": self.subnet,
+            "host_address": self.host_address if self.subnet else None,
+            "ns_address": self.ns_address if self.subnet else None,
+            "host_dev": self.host_dev,
+            "ns_dev": self.ns_dev,
+            "blackhole": f"blackhole {self.subnet} metric {self.BLACKHOLE_METRIC}",
+            "route": self.route() if self.subnet else None,
+            "cut": self._cut,
+        }
+
+    def __enter__(self) -> Netns:
+        return self.up() if not self._namespace else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NetnsTgtd(Tgtd):
+    """A Tgtd listening on the namespace side of a Netns (port 3260 unless told: the
+    namespace has no other listeners). Everything else is Tgtd's: tgtadm reaches it through
+    its IPC socket, which is a file and so crosses network namespaces; kill(), restart(),
+    stop() and cont() act on its PID, which is tgtd's own (`ip netns exec` execs)."""
+
+    def __init__(self, netns: Netns, **kw: Any) -> None:
+        super().__init__(hosts=[netns.ns_address], **kw)
+        self.netns = netns
+
+    def start(self, port: int | None = None, *, control: int | None = None,
+              hosts: Sequence[str] | None = None,
+              timeout: float = DEFAULT_TIMEOUT) -> NetnsTgtd:
+        # Tgtd.start() would look for a free port by binding in the root namespace, where
+        # the namespace's address does not exist.
+        super().start(3260 if port is None else port, control=control, hosts=hosts,
+                      timeout=timeout)
+        return self
+
+    def _launch(self, port: int, control: int, timeout: float) -> str | None:
+        """Tgtd._launch, with tgtd started inside the namespace."""
+        portals = ",".join(f"portal={_host_portal(h, port)}" for h in self.hosts)
+        self.log_path.write_bytes(b"")
+        proc = _Proc(
+            self.netns.exec_argv(["tgtd", "-f", "-C", str(control), "--iscsi", portals]),
+            log=self.log_path,
+            name="tgtd",
+        )
+        want = {(h, port) for h in self.hosts}
+        deadline = time.monotonic() + timeout
+        while True:
+            if not proc.alive():
+                why = f"exited rc={proc.popen.returncode}: {_tail(self.log_path, 5)}"
+                break
+            if "failed to create/bind to portal" in self.log_path.read_text(errors="replace"):
+                why = f"port {port} bind failed: {_tail(self.log_path, 5)}"
+                break
+            # /proc/PID/net/tcp shows the sockets of PID's own network namespace.
+            if want <= listening_sockets(proc.pid) and self._system_ready(control):
+                self._proc, self.port, self.control = proc, port, control
+                return None
+            if time.monotonic() > deadline:
+                why = f"not ready after {timeout}s: {_tail(self.log_path, 5)}"
+                break
+            time.sleep(POLL)
+        proc.terminate(signal.SIGKILL)
+        if "another tgtd" not in why:
+            self._remove_socket_files(control)
+        return why
