@@ -33,3 +33,19 @@ def test_known_bugs_have_a_corpus_case() -> None:
     """Each tolerated bug is pinned by an xfail case, so it cannot be forgotten."""
     for bug in targets.KNOWN_BUGS:
         assert any(c.target == bug.target and c.xfail for c in CASES), bug.reason
+
+
+def test_hang_guard_interrupts_an_endless_loop() -> None:
+    """The per-example guard really stops a loop that never ends (hypothesis's deadline alone
+    only judges examples that finish)."""
+    with pytest.raises(targets.Hang), targets.hang_guard(0.2):
+        while True:
+            pass
+
+
+def test_known_bug_filter_is_narrow() -> None:
+    """Only the reported signature is tolerated; the same exception elsewhere is not."""
+    bug = targets.KNOWN_BUGS[0]
+    assert targets.known_bug(bug.target, bug.exc_type(bug.message_part)) is bug
+    assert targets.known_bug("login", bug.exc_type(bug.message_part)) is None
+    assert targets.known_bug(bug.target, bug.exc_type("something else")) is None
