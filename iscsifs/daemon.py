@@ -932,6 +932,14 @@ def _run(store: ConfigStore, point: str, ring: RingHandler, cfg_path: Path,
         log.error("%s", e.strerror)
         print(f"ERROR. {e.strerror}", file=sys.stderr)
         return 1
+    except Exception as e:  # a bug of ours: the whole story in the log, one line here
+        log.exception("the daemon failed")
+        leaf = e
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]  # type: ignore[assignment]
+        print(f"ERROR. the daemon failed ({type(leaf).__name__}: {leaf}); see the log",
+              file=sys.stderr)
+        return 1
     return 0
 
 
