@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import gc
 import hashlib
 import ipaddress
 import json
@@ -854,6 +855,13 @@ async def serve(store: ConfigStore, mountpoint: str, *, ring: RingHandler,
             log.warning("config: %s", warning)
         log.info("iscsifs %s mounted at %s (initiator %s)", __version__, mountpoint,
                  store.config.initiator.name)
+        # The I/O path allocates a couple dozen short-lived objects per request and makes no
+        # reference cycles; at the default threshold (700) the cyclic collector scanned them
+        # every ~30 requests and took 7-10 % of the daemon at 15,000 IOPS. Collect rarely, and
+        # never rescan what exists at start-up.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 50)
         async with trio.open_nursery() as nursery:
             daemon.nursery = nursery
             tree.nursery = nursery

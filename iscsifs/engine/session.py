@@ -147,8 +147,12 @@ class _Callback:
     def set(self) -> None:
         fn, self.fn = self.fn, None
         if fn is not None:
+            task = self.task
+            # Break the task <-> callback cycle now: left to the cyclic collector, one cycle
+            # per command had it running ~10 % of the time at 15,000 IOPS.
+            task.context = None
             try:
-                fn(self.task)
+                fn(task)
             except Exception:
                 log.exception("completion callback failed")
 
