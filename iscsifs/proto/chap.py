@@ -104,7 +104,14 @@ class Secret:
     _value: bytes
 
     def __init__(self, value: str | bytes) -> None:
-        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        try:
+            raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        except UnicodeEncodeError:
+            # Text from argv holds undecodable bytes as lone surrogates; the codec's message
+            # would quote the offending character of the secret and its position.
+            raise LocalProtocolError(
+                "a CHAP secret must be valid text (it holds a byte that is not UTF-8)"
+            ) from None
         if not raw:
             raise LocalProtocolError("a CHAP secret cannot be empty")
         object.__setattr__(self, "_value", raw)
