@@ -836,11 +836,21 @@ def setup_logging(log_file: str | None, *, foreground: bool, level: str = "INFO"
     return ring
 
 
+def fuse_max_request(cap: int = 8 << 20) -> int:
+    """The largest FUSE request the kernel will send: its max_pages_limit (256 pages, 1 MiB,
+    unless raised with the fs.fuse.max_pages_limit sysctl), up to `cap`."""
+    try:
+        pages = int(Path("/proc/sys/fs/fuse/max_pages_limit").read_text())
+    except (OSError, ValueError):
+        pages = 256
+    return max(32, min(pages, cap // 4096)) * 4096
+
+
 async def serve(store: ConfigStore, mountpoint: str, *, ring: RingHandler,
                 config_file: Path, ready: Any = None) -> None:
     """Mount, run until unmounted or signalled, log out, unmount."""
     daemon = Daemon(store, mountpoint=mountpoint, ring=ring)
-    tree = Tree(daemon)
+    tree = Tree(daemon, max_write=fuse_max_request())
     daemon.tree = tree
     fd = fusechan.mount(mountpoint, allow_other=store.config.mount.allow_other)
     channel = fusechan.Channel(fd, max_write=tree.max_write,
