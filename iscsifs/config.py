@@ -270,6 +270,10 @@ def _label_problem(value: str) -> str | None:
 
 
 def _secret_problem(value: str) -> str | None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # bytes from argv that are not UTF-8 arrive as surrogates
+        return "is not valid UTF-8 text"
     size = len(value.encode("utf-8", "surrogatepass"))
     if not 1 <= size <= 255:
         return "is not 1..255 bytes long"

@@ -370,13 +370,15 @@ class PortalState(Listener):
             "visible yes|no, unmap lunN OFFSET LENGTH")
 
     async def _unmap(self, name: str, offset: str, length: str) -> str:
-        dev = self._devices.get(int(name[3:])) if name[3:].isdigit() else None
-        if dev is None or not name.startswith("lun"):
+        number = name[3:]
+        if not (name.startswith("lun") and all(v.isascii() and v.isdigit()
+                                               for v in (number, offset, length))):
+            raise CommandError("unmap takes lunN OFFSET LENGTH in bytes")
+        dev = self._devices.get(int(number))
+        if dev is None:
             raise CommandError(f"no LUN file {name!r}", errno.ENOENT)
         try:
             await dev.unmap(int(offset), int(length))
-        except ValueError:
-            raise CommandError("unmap takes lunN OFFSET LENGTH in bytes") from None
         except lunmod.LunNotSupported as e:
             raise CommandError(str(e), errno.EOPNOTSUPP) from None
         except (SessionError, IscsiError, Exception) as e:
@@ -561,7 +563,7 @@ class Daemon:
     # -- discovery -------------------------------------------------------------------------
 
     async def _discovery_command(self, line: str) -> str:
-        words = shlex.split(line)
+        words = _split_line(line)
         if not words:
             raise CommandError("empty command")
         cmd = words[0].lower()
@@ -626,7 +628,7 @@ class Daemon:
     # -- adding and removing targets -------------------------------------------------------
 
     async def _targets_command(self, line: str) -> str:
-        words = shlex.split(line)
+        words = _split_line(line)
         if not words or words[0] not in ("add", "remove"):
             raise CommandError("commands: add ADDRESS[:PORT] NAME...|All [-autoLogin Yes|No] "
                                "[-security ...] [-discoverySecurity ...] [-session ...] "
@@ -785,6 +787,14 @@ class Daemon:
             for state in self.states.values():
                 if state.session is not None and state._running:
                     n.start_soon(state.logout)
+
+
+def _split_line(line: str) -> list[str]:
+    """A control line split as a shell would (quotes group words)."""
+    try:
+        return shlex.split(line)
+    except ValueError as e:  # "No closing quotation" and the like
+        raise CommandError(f"cannot split the line: {e}") from None
 
 
 def _same_host(a: str, b: str) -> bool:

@@ -199,7 +199,8 @@ def parse_options(text: str, *, option: str) -> dict[str, object]:
                 raise SyntaxProblem(f"{option}: {key} must be 0 or 1")
             out[spec.field] = int(value)
         else:
-            if not (value.isascii() and value.isdigit()) or not 512 <= int(value) <= 16777215:
+            if (not (value.isascii() and value.isdigit()) or len(value) > 8
+                    or not 512 <= int(value) <= 16777215):
                 raise SyntaxProblem(f"{option}: {key} must be an integer from 512 to 16777215")
             out[spec.field] = int(value)
     return out

@@ -89,21 +89,7 @@ class KnownBug:
                 and self.message_part in str(exc))
 
 
-KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        "syntax", ValueError, "Exceeds the limit",
-        "syntax.parse_options: int() of a number with more than 4300 digits raises a plain "
-        "ValueError (CPython's int/str limit), not SyntaxProblem; the CLI catches only "
-        "SyntaxProblem there, so `-session MaxBurstLength=<5000 digits>` ends in its catch-all: "
-        "'ERROR. ValueError: Exceeds the limit (4300 digits)...', exit 1, not a usage error",
-    ),
-    KnownBug(
-        "syntax", LocalProtocolError, "a CHAP secret must be valid text",
-        "config._secret_problem does not refuse a secret UTF-8 cannot encode (argv bytes that "
-        "are not UTF-8 arrive as lone surrogates), so parse_security fails with "
-        "chap.Secret's LocalProtocolError instead of SyntaxProblem: exit 1, not a usage error",
-    ),
-)
+KNOWN_BUGS: tuple[KnownBug, ...] = ()  # none open: the last ones were fixed
 
 
 def known_bug(target: str, exc: BaseException) -> KnownBug | None:

@@ -45,7 +45,8 @@ def test_hang_guard_interrupts_an_endless_loop() -> None:
 
 def test_known_bug_filter_is_narrow() -> None:
     """Only the reported signature is tolerated; the same exception elsewhere is not."""
-    bug = targets.KNOWN_BUGS[0]
-    assert targets.known_bug(bug.target, bug.exc_type(bug.message_part)) is bug
-    assert targets.known_bug("login", bug.exc_type(bug.message_part)) is None
-    assert targets.known_bug(bug.target, bug.exc_type("something else")) is None
+    bug = targets.KnownBug("syntax", ValueError, "Exceeds the limit", "a sample entry")
+    assert bug.matches("syntax", ValueError("Exceeds the limit (4300 digits)"))
+    assert not bug.matches("login", ValueError("Exceeds the limit"))
+    assert not bug.matches("syntax", ValueError("something else"))
+    assert not bug.matches("syntax", TypeError("Exceeds the limit"))

@@ -244,15 +244,10 @@ def test_the_scan_finds_each_form_it_looks_for() -> None:
 
 
 @pytest.mark.parametrize("where, line", [
-    pytest.param("portal", "unmap lun\u00b2 0 4096", marks=pytest.mark.xfail(strict=True, reason=(
-        "daemon.py PortalState._unmap: 'lun\u00b2'[3:].isdigit() is True and int() raises "
-        "ValueError outside the try: EIO and a traceback in the log instead of one line"))),
-    pytest.param("discovery", 'sendtargets "127.0.0.1 -security CHAP,TargetUserName=u,'
-                 "TargetSecret=quote-Secret-1234", marks=pytest.mark.xfail(strict=True, reason=(
-                     "daemon.py _discovery_command: shlex.split raises ValueError ('No closing "
-                     "quotation'), not CommandError: EIO and a traceback in the log"))),
-    pytest.param("targets", "add 127.0.0.1 'iqn.2024-01.x:y", marks=pytest.mark.xfail(
-        strict=True, reason="daemon.py _targets_command: shlex.split ValueError, as above")),
+    ("portal", "unmap lun\u00b2 0 4096"),
+    ("discovery", 'sendtargets "127.0.0.1 -security CHAP,TargetUserName=u,'
+                  "TargetSecret=quote-Secret-1234"),
+    ("targets", "add 127.0.0.1 'iqn.2024-01.x:y"),
     ("portal", "unmap lun1 x y"),
     ("portal", "login now"),
     ("discovery", "sendtargets 127.0.0.1 -security CHAP,TargetSecret=quote-Secret-1234"),
