@@ -846,21 +846,23 @@ def setup_logging(log_file: str | None, *, foreground: bool, level: str = "INFO"
     return ring
 
 
-def fuse_max_request(cap: int = 8 << 20) -> int:
-    """The largest FUSE request the kernel will send: its max_pages_limit (256 pages, 1 MiB,
-    unless raised with the fs.fuse.max_pages_limit sysctl), up to `cap`."""
+def fuse_max_request(want: int = 0, cap: int = 8 << 20) -> int:
+    """The FUSE request size to ask for: `want` bytes in whole pages (at least one), or with
+    want 0 the largest the kernel will send, its max_pages_limit (256 pages, 1 MiB, unless
+    raised with the fs.fuse.max_pages_limit sysctl); never more than that limit or `cap`."""
     try:
-        pages = int(Path("/proc/sys/fs/fuse/max_pages_limit").read_text())
+        limit = int(Path("/proc/sys/fs/fuse/max_pages_limit").read_text())
     except (OSError, ValueError):
-        pages = 256
-    return max(32, min(pages, cap // 4096)) * 4096
+        limit = 256
+    limit = max(32, min(limit, cap // 4096))
+    return (min(limit, max(1, want // 4096)) if want else limit) * 4096
 
 
 async def serve(store: ConfigStore, mountpoint: str, *, ring: RingHandler,
                 config_file: Path, ready: Any = None) -> None:
     """Mount, run until unmounted or signalled, log out, unmount."""
     daemon = Daemon(store, mountpoint=mountpoint, ring=ring)
-    tree = Tree(daemon, max_write=fuse_max_request())
+    tree = Tree(daemon, max_write=fuse_max_request(store.config.mount.max_request))
     daemon.tree = tree
     fd = fusechan.mount(mountpoint, allow_other=store.config.mount.allow_other)
     channel = fusechan.Channel(fd, max_write=tree.max_write,
