@@ -680,7 +680,7 @@ class Session:
                 view = conn.get_buffer()
                 n = transport.recv_nowait(view)
                 if n == 0:
-                    n = await transport.recv_into(conn.get_buffer())
+                    n = await transport.recv_into(conn.get_buffer(), wait_first=True)
                     count = 0
                 held = bool(conn.pending)
                 conn.buffer_updated(n)

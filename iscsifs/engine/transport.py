@@ -167,17 +167,21 @@ class Transport:
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def recv_into(self, view: memoryview) -> int:
-        """Receive at least one byte into view; ConnectionClosed at end of stream."""
+    async def recv_into(self, view: memoryview, *, wait_first: bool = False) -> int:
+        """Receive at least one byte into view; ConnectionClosed at end of stream.
+        wait_first: the caller just found the socket empty, so skip the first recv attempt
+        (it would only fail with EAGAIN again: one syscall per idle wait saved)."""
         sock = self.sock
         while True:
-            try:
-                n = sock.recv_into(view)
-            except BlockingIOError:
+            if wait_first:
                 try:
                     await trio.lowlevel.wait_readable(sock)
                 except trio.ClosedResourceError:
                     raise ConnectionClosed(f"connection to {self.peer} is closed") from None
+            try:
+                n = sock.recv_into(view)
+            except BlockingIOError:
+                wait_first = True
                 continue
             except OSError as e:
                 raise TransportError(f"receive from {self.peer} failed: {_describe(e)}") from None

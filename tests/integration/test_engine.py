@@ -408,8 +408,8 @@ class SamplingTransport(Transport):
             self.on_receive(self)
         return n
 
-    async def recv_into(self, view: memoryview) -> int:
-        n = await super().recv_into(view)
+    async def recv_into(self, view: memoryview, *, wait_first: bool = False) -> int:
+        n = await super().recv_into(view, wait_first=wait_first)
         if self.on_receive is not None:
             self.on_receive(self)
         return n
