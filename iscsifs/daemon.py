@@ -862,9 +862,11 @@ async def serve(store: ConfigStore, mountpoint: str, *, ring: RingHandler,
                 config_file: Path, ready: Any = None) -> None:
     """Mount, run until unmounted or signalled, log out, unmount."""
     daemon = Daemon(store, mountpoint=mountpoint, ring=ring)
-    tree = Tree(daemon, max_write=fuse_max_request(store.config.mount.max_request))
+    setup = store.config.mount
+    tree = Tree(daemon, max_write=fuse_max_request(setup.max_write),
+                max_read=fuse_max_request(setup.max_read))
     daemon.tree = tree
-    fd = fusechan.mount(mountpoint, allow_other=store.config.mount.allow_other)
+    fd = fusechan.mount(mountpoint, allow_other=setup.allow_other, max_read=tree.max_read)
     channel = fusechan.Channel(fd, max_write=tree.max_write,
                                max_background=tree.max_background)
     tree.channel = channel

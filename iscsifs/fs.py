@@ -208,11 +208,12 @@ class Tree:
     """The iscsifs tree, answering the kernel's FUSE requests."""
 
     def __init__(self, backend: Backend, *, uid: int | None = None, gid: int | None = None,
-                 max_write: int = 1 << 20, max_background: int = 64) -> None:
+                 max_write: int = 1 << 20, max_read: int = 0, max_background: int = 64) -> None:
         self.backend = backend
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.max_write = max_write
+        self.max_read = max_read
         self.max_background = max_background
         self.channel: Channel | None = None
         self.nursery: trio.Nursery | None = None
@@ -390,11 +391,11 @@ class Tree:
         assert self.channel is not None
         want = (K.InitFlag.ASYNC_READ | K.InitFlag.ATOMIC_O_TRUNC | K.InitFlag.BIG_WRITES
                 | K.InitFlag.ASYNC_DIO | K.InitFlag.PARALLEL_DIROPS | K.InitFlag.MAX_PAGES)
-        result = K.negotiate_init(req.body, max_write=self.max_write,
+        result = K.negotiate_init(req.body, max_write=self.max_write, max_read=self.max_read,
                                   max_background=self.max_background, want=want)
         self.channel.max_write = result.max_write
-        log.info("FUSE 7.%d: max_write %d, max_background %d", result.minor, result.max_write,
-                 self.max_background)
+        log.info("FUSE 7.%d: max_read %d, max_write %d, max_background %d", result.minor,
+                 self.max_read, result.max_write, self.max_background)
         self._reply(req.unique, result.reply)
 
     def _ok(self, req: Request) -> None:

@@ -390,7 +390,7 @@ ERROR_CASES = [
      "'target_secret'? (allowed: method, target_user, target_secret, initiator_user, "
      "initiator_secret, mutual)"),
     ("[mount]\nzzz = 1\n",
-     "mount.zzz: unknown key 'zzz' in [mount] (allowed: point, allow_other, max_request)"),
+     "mount.zzz: unknown key 'zzz' in [mount] (allowed: point, allow_other, max_read, max_write)"),
     # syntax
     (f'[initiator]\nname = "{NAME}"\nboot_delay = = 3\n',
      "line 3, column 14: TOML syntax error: Invalid value"),
@@ -510,7 +510,7 @@ def test_odd_keys_and_names_stay_on_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(path)
     assert str(info.value) == (
-        f'{path}: mount."a\\nb": unknown key "a\\nb" in [mount] (allowed: point, allow_other, max_request)'
+        f'{path}: mount."a\\nb": unknown key "a\\nb" in [mount] (allowed: point, allow_other, max_read, max_write)'
     )
     store = store_at(write(tmp_path / "d.toml", f'[initiator]\nname = "{NAME}"\n'))
     with pytest.raises(ConfigError) as info:

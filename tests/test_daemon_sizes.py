@@ -1,4 +1,4 @@
-"""The FUSE request size the daemon asks for, from [mount] max_request and the kernel's limit."""
+"""The FUSE request size the daemon asks for, from [mount] max_read / max_write and the kernel's limit."""
 
 from pathlib import Path
 
@@ -29,7 +29,7 @@ def limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 @pytest.mark.parametrize(("pages", "want", "expected"), [
     (256, 0, 1 << 20),             # 0: the kernel's largest
-    (256, 512 * 1024, 512 * 1024),  # the default
+    (256, 512 * 1024, 512 * 1024),  # the default max_write
     (256, 5000, 4096),             # rounded down to whole pages
     (256, 100, 4096),              # at least one page
     (256, 4 << 20, 1 << 20),       # never above the kernel's limit
@@ -42,6 +42,6 @@ def test_fuse_max_request(limit, pages: int | None, want: int, expected: int) ->
     assert daemon.fuse_max_request(want) == expected
 
 
-def test_default_config_asks_512k() -> None:
+def test_default_config_reads_256k_writes_512k() -> None:
     from iscsifs import config
-    assert config.MountSetup().max_request == 512 * 1024
+    assert (config.MountSetup().max_read, config.MountSetup().max_write) == (256 << 10, 512 << 10)

@@ -53,17 +53,24 @@ class Request:
         self.data = data  # a WRITE's payload (a view of the channel's payload buffer)
 
 
-def _mount_options(fd: int, uid: int, gid: int, allow_other: bool) -> str:
+def _common_options(allow_other: bool, max_read: int) -> str:
+    opts = ",allow_other" if allow_other else ""
+    return opts + (f",max_read={max_read}" if max_read else "")
+
+
+def _mount_options(fd: int, uid: int, gid: int, allow_other: bool, max_read: int = 0) -> str:
     opts = f"fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions"
-    return opts + (",allow_other" if allow_other else "")
+    return opts + _common_options(allow_other, max_read)
 
 
-def mount(mountpoint: str, *, fsname: str = "iscsifs", allow_other: bool = False) -> int:
+def mount(mountpoint: str, *, fsname: str = "iscsifs", allow_other: bool = False,
+          max_read: int = 0) -> int:
     """Mount a FUSE filesystem at mountpoint and return the device fd (non-blocking).
-    As root with mount(2); otherwise through fusermount3, which passes the fd back."""
+    As root with mount(2); otherwise through fusermount3, which passes the fd back.
+    max_read: the largest read the kernel sends in one request (0: its own limit)."""
     if os.geteuid() == 0:
         fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-        opts = _mount_options(fd, os.getuid(), os.getgid(), allow_other)
+        opts = _mount_options(fd, os.getuid(), os.getgid(), allow_other, max_read)
         rc = _libc.mount(fsname.encode(), mountpoint.encode(), f"fuse.{fsname}".encode(),
                          MS_NOSUID | MS_NODEV, opts.encode())
         if rc != 0:
@@ -71,17 +78,16 @@ def mount(mountpoint: str, *, fsname: str = "iscsifs", allow_other: bool = False
             os.close(fd)
             raise MountError(err, f"cannot mount {mountpoint}: {os.strerror(err)}")
     else:
-        fd = _fusermount(mountpoint, fsname, allow_other)
+        fd = _fusermount(mountpoint, fsname, allow_other, max_read)
     os.set_blocking(fd, False)
     return fd
 
 
-def _fusermount(mountpoint: str, fsname: str, allow_other: bool) -> int:
+def _fusermount(mountpoint: str, fsname: str, allow_other: bool, max_read: int = 0) -> int:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        opts = f"fsname={fsname},subtype={fsname},default_permissions"
-        if allow_other:
-            opts += ",allow_other"
+        opts = (f"fsname={fsname},subtype={fsname},default_permissions"
+                + _common_options(allow_other, max_read))
         env = {**os.environ, "_FUSE_COMMFD": str(theirs.fileno())}
         proc = subprocess.run(["fusermount3", "-o", opts, "--", mountpoint], env=env,
                               pass_fds=(theirs.fileno(),), capture_output=True, text=True,

@@ -195,9 +195,11 @@ class InitResult:
 
 
 def negotiate_init(body: bytes | memoryview, *, max_write: int, max_background: int,
-                   want: int) -> InitResult:
+                   want: int, max_read: int = 0) -> InitResult:
     """Answer FUSE_INIT: the lower minor version, the capability bits both sides want, and
-    our limits. max_write is rounded to whole pages; max_pages follows it."""
+    our limits. max_write is rounded to whole pages; max_pages covers it and max_read (the
+    read size itself is the max_read mount option: the kernel splits reads at the smaller
+    of the two)."""
     if len(body) < 16:
         raise FuseProtocolError("FUSE_INIT request too short")
     major, minor, max_readahead, flags = struct.unpack_from("<IIII", body)
@@ -205,9 +207,9 @@ def negotiate_init(body: bytes | memoryview, *, max_write: int, max_background: 
         raise FuseProtocolError(f"kernel speaks FUSE {major}.{minor}; we speak 7.x")
     minor = min(minor, KERNEL_MINOR)
     agreed = flags & want
-    pages = max(1, max_write // 4096)
+    pages = max(1, max_write // 4096, max_read // 4096)
     if agreed & InitFlag.MAX_PAGES:
-        max_write = pages * 4096
+        max_write = max(1, max_write // 4096) * 4096
     else:
         max_write = min(max_write, 32 * 4096)  # the kernel's default page limit
         pages = 0

@@ -29,6 +29,23 @@ def test_init_reply_layout() -> None:
     assert r.reply[40:] == bytes(24)
 
 
+def test_init_max_pages_covers_the_larger_of_max_read_and_max_write() -> None:
+    flags = K.InitFlag.MAX_PAGES
+    r = K.negotiate_init(init_request(flags=flags), max_write=512 << 10, max_read=256 << 10,
+                         max_background=64, want=flags)
+    assert (r.max_write, r.max_pages) == (512 << 10, 128)
+    r = K.negotiate_init(init_request(flags=flags), max_write=128 << 10, max_read=1 << 20,
+                         max_background=64, want=flags)
+    assert (r.max_write, r.max_pages) == (128 << 10, 256)
+
+
+def test_mount_options_carry_max_read_only_when_set() -> None:
+    from iscsifs.fuse import channel
+    assert "max_read" not in channel._mount_options(5, 0, 0, False)
+    opts = channel._mount_options(5, 0, 0, True, 262144).split(",")
+    assert "max_read=262144" in opts and "allow_other" in opts
+
+
 def test_init_without_max_pages_caps_writes_at_128k() -> None:
     r = K.negotiate_init(init_request(flags=K.InitFlag.ASYNC_READ), max_write=1 << 20,
                          max_background=16, want=K.InitFlag.MAX_PAGES | K.InitFlag.ASYNC_READ)
