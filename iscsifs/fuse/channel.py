@@ -16,7 +16,9 @@ import errno
 import logging
 import os
 import socket
+import queue
 import subprocess
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -133,6 +135,7 @@ class Channel:
         self._spare: list[bytearray] = []
         self.requests = 0
         self.closed = False
+        self._notifier: _Notifier | None = None
 
     def _new_payload(self) -> bytearray:
         return bytearray(self.want_max_write + 4096)
@@ -150,7 +153,17 @@ class Channel:
         self._write([K.OUT_HEADER.pack(K.OUT_HEADER.size, -code, unique)])
 
     def notify(self, parts: list[bytes]) -> None:
-        self._write(parts)
+        """Send a notification (unique 0) without waiting for it.
+
+        Never from this thread: the kernel handles FUSE_NOTIFY_INVAL_ENTRY under the parent
+        directory's lock, which a lookup in that directory holds while it waits for our
+        answer. Written here, the notification would wait for the lookup and the lookup for
+        this thread, for ever. A thread of its own writes them, in order."""
+        if self.closed:
+            return
+        if self._notifier is None:
+            self._notifier = _Notifier(self)
+        self._notifier.put(parts)
 
     def _write(self, parts: list[Any]) -> None:
         if self.closed:
@@ -239,6 +252,9 @@ class Channel:
 
     def close(self) -> None:
         self.closed = True
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
         try:
             trio.lowlevel.notify_closing(self.fd)
         except Exception:
@@ -247,3 +263,29 @@ class Channel:
             os.close(self.fd)
         except OSError:
             pass
+
+
+class _Notifier:
+    """The thread that writes the channel's notifications (see Channel.notify)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._queue: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="fuse-notify", daemon=True)
+        self._thread.start()
+
+    def put(self, parts: list[bytes]) -> None:
+        self._queue.put(parts)
+
+    def stop(self) -> None:
+        """Let it finish what is queued; a write still blocked in the kernel ends with the
+        mount, so do not wait long for it."""
+        self._queue.put(None)
+        self._thread.join(timeout=1)
+
+    def _run(self) -> None:
+        while (parts := self._queue.get()) is not None:
+            try:
+                self._channel._write(parts)
+            except OSError as e:
+                log.debug("FUSE notification not delivered: %s", e)
