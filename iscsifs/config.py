@@ -319,7 +319,7 @@ _MOUNT_KEYS: tuple[KeySpec, ...] = (
           DEFAULT_MOUNT_POINT, "where the FUSE tree (/initiator, /discovery, /targets) appears"),
     _spec("allow_other", _bool(), False,
           "let users other than the one who mounted read the tree (FUSE allow_other)"),
-    _spec("max_read", _int(0, 16 << 20), 256 * 1024,
+    _spec("max_read", _int(0, 16 << 20), 512 * 1024,
           "largest FUSE read request in bytes (whole pages); 0 = the kernel's limit; smaller "
           "lets one large read go as pieces that overlap"),
     _spec("max_write", _int(0, 16 << 20), 512 * 1024,
@@ -796,7 +796,7 @@ class InitiatorSetup:
 class MountSetup:
     point: str = DEFAULT_MOUNT_POINT
     allow_other: bool = False
-    max_read: int = 256 * 1024
+    max_read: int = 512 * 1024
     max_write: int = 512 * 1024
 
     def __post_init__(self) -> None:

@@ -42,6 +42,6 @@ def test_fuse_max_request(limit, pages: int | None, want: int, expected: int) ->
     assert daemon.fuse_max_request(want) == expected
 
 
-def test_default_config_reads_256k_writes_512k() -> None:
+def test_default_config_reads_and_writes_512k() -> None:
     from iscsifs import config
-    assert (config.MountSetup().max_read, config.MountSetup().max_write) == (256 << 10, 512 << 10)
+    assert (config.MountSetup().max_read, config.MountSetup().max_write) == (512 << 10, 512 << 10)

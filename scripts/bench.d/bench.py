@@ -269,6 +269,7 @@ class Bed:
     qsd_file: Path = field(init=False)
     qsd_log: Path = field(init=False)
     mounted: bool = False
+    mount_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.config = self.tmp / "iscsifs.toml"
@@ -319,7 +320,7 @@ class Bed:
         doc = tomlkit.document()
         doc.add(tomlkit.comment("written by scripts/bench for one run"))
         doc["initiator"] = {"name": IFS_INITIATOR}
-        doc["mount"] = {"point": str(self.mnt)}
+        doc["mount"] = {"point": str(self.mnt), **self.mount_options}
         targets = tomlkit.aot()
         t = tomlkit.table()
         t["name"] = TARGET_IQN
@@ -702,6 +703,13 @@ def table(jobs: list[Job], summary: dict[str, dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def mount_option(text: str) -> tuple[str, int]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=INTEGER, e.g. max_read=0")
+    return key, int(value)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/bench",
@@ -724,6 +732,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-depth", type=int, default=1,
                    help="queue depth of each concurrent reader (default 1)")
     p.add_argument("--lun-size", default="256M", help="tmpfs LUN size (default 256M)")
+    p.add_argument("--mount", metavar="KEY=N", action="append", default=[], type=mount_option,
+                   help="an integer [mount] setting for the iscsifs config, e.g. max_read=0 "
+                        "(repeatable)")
     p.add_argument("--json", metavar="FILE", help="write every raw number here")
     p.add_argument("--keep-logs", metavar="DIR",
                    help="copy the iscsifs, qemu-storage-daemon and tgtd logs here at the end")
@@ -802,13 +813,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sig != signal.SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _on_signal)
     tmp = Path(tempfile.mkdtemp(prefix="iscsifs-bench-"))
-    bed = Bed(tmp=tmp, lun_size=lun_size)
+    bed = Bed(tmp=tmp, lun_size=lun_size, mount_options=dict(args.mount))
     rss = RssSampler(lambda: {"iscsifs": bed.ifs_pid, "qsd": bed.qsd_pid, "tgtd": bed.tgtd_pid})
     samples: dict[str, list[Sample]] = {j.name: [] for j in jobs}
     meta: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runtime_s": args.runtime,
         "rounds": args.rounds, "lun_size": lun_size, "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(), "systems": args.systems,
+        "mount_options": dict(args.mount),
         "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain",
                                                                  "--", "iscsifs")),
     }

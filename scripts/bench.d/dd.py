@@ -2,7 +2,7 @@
 export of the same tmpfs tgtd LUN, interleaved, in one run (the figure of issue "LUNs as
 files"). Uses bench.py's test bed, so it starts and stops exactly what bench.py would.
 
-    scripts/bench-dd [--rounds N] [--lun-size 256M]
+    scripts/bench-dd [--rounds N] [--lun-size 256M] [--mount max_read=0 ...]
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="bench-dd", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--lun-size", default="256M")
+    p.add_argument("--mount", metavar="KEY=N", action="append", default=[],
+                   type=bench.mount_option, help="an integer [mount] setting, e.g. max_read=0")
     args = p.parse_args()
     size = testbed.parse_size(args.lun_size)
     count = size // MiB
     tmp = Path(tempfile.mkdtemp(prefix="iscsifs-bench-dd-"))
-    bed = bench.Bed(tmp=tmp, lun_size=size)
+    bed = bench.Bed(tmp=tmp, lun_size=size, mount_options=dict(args.mount))
     rss = bench.RssSampler(lambda: {})
     src = tmp / "pattern"
     results: dict[tuple[str, str], list[float]] = {}
