@@ -208,6 +208,7 @@ class FakeTarget:
         self.lun_reset_response: int | None = P.TmfResponse.COMPLETE  # None: ignore
         self.unit_attention: tuple[int, int] | None = None  # next command: UA asc/ascq
         self.trickle = False  # send every byte with a separate send
+        self.trickle_delay = 0.0  # with trickle: seconds between two bytes (1.0: a byte a second)
         self.empty_data_in = 0  # READs that start with a 0-length Data-In (RFC 7143 11.7.7)
         self.after_next_answer: Any = None  # a PDU or raw bytes sent in the same segment as
         # the answer to the next READ/WRITE (hostile input right behind good data)
@@ -426,8 +427,10 @@ class FakeConnection:
                 self.out.clear()
                 if self.target.trickle:
                     for i in range(len(data)):
+                        if self.closed:
+                            return
                         await self.stream.send_all(data[i : i + 1])
-                        await trio.sleep(0)
+                        await trio.sleep(self.target.trickle_delay)
                         await trio.sleep(0)
                 else:
                     await self.stream.send_all(data)

@@ -397,6 +397,36 @@ async def test_command_timeout_drops_the_connection(autojump_clock: Any,
     assert any("LOGICAL UNIT RESET got no answer: dropping the connection" in m for m in log)
 
 
+async def test_a_byte_a_second_fails_within_the_hold_time_then_recovers(
+        autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A target that answers one byte a second (the 560 bytes of a 1-block READ would take
+    over 9 minutes; its logins too): the command times out, the task-management steps get no
+    answer, the connection is dropped, the logins time out, and the read fails with a clear
+    error once the hold time is over. Then the target speaks normally again and the same
+    session works."""
+    fake = FakeTarget()
+    rec = Recorder()
+    async with running(fake, rec) as (s, nursery):
+        await trio.sleep(0.4)
+        fake.trickle = True
+        fake.trickle_delay = 1.0
+        t0 = trio.current_time()
+        out = spawn(nursery, read_blocks, s, 1, 3, 1)
+        await wait_for(lambda: out.done, step=0.5)
+        assert isinstance(out.error, SessionUnavailable), out.error
+        assert "hold time" in str(out.error)
+        # command timeout, ABORT TASK and LUN RESET unanswered, then the hold time
+        assert out.time == t0 + T.command + 2 * T.tmf + T.hold
+        log = messages(caplog)
+        assert any("LOGICAL UNIT RESET got no answer: dropping the connection" in m
+                   for m in log)
+        assert any("login failed" in m and "no answer within 4 s" in m for m in log)
+        assert any("hold time of 30 s expired; failing 1 waiting commands" in m for m in log)
+        fake.trickle = False
+        await wait_call(rec, "connected", 2)
+        assert await read_blocks(s, 1, 7, 1) == disk_bytes(fake, 7, 1)
+
+
 async def test_command_timeout_counts_from_when_the_command_was_sent(
         autojump_clock: Any) -> None:
     """A command held back by a closed CmdSN window is not charged for the time it waited:
