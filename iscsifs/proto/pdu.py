@@ -1130,6 +1130,11 @@ class Framer:
         self._dest: memoryview | None = None
         self._owned: bytearray | None = None
         self._filled = 0
+        # After a large data segment another one is likely (Data-In of a big READ): receive
+        # only up to the next header then, so its data goes straight to where it belongs
+        # instead of into staging and then copied (the copy cost 7 % of the daemon's time at
+        # 1 MiB reads, QD8). Small PDUs keep filling staging, many per recv.
+        self._big = False
 
     # -- the receive side ------------------------------------------------------------------
 
@@ -1142,6 +1147,18 @@ class Framer:
             return self._dest[self._filled : self._dsl]
         if self._end == len(self._staging):
             self._compact()
+        if self._big:
+            state = self._state
+            hlen = BHS_LEN + (DIGEST_LEN if self.header_digest else 0)
+            if state == _HEADER:
+                want = hlen - (self._end - self._start)
+            elif state == _TRAILER:  # the padding and digest, and the header after them
+                want = (-self._dsl & 3) + (DIGEST_LEN if self.data_digest else 0) + hlen \
+                    - (self._end - self._start)
+            else:
+                want = 0
+            if want > 0:
+                return self._sview[self._end : self._end + want]
         return self._sview[self._end :]
 
     def buffer_updated(self, n: int) -> None:
@@ -1250,6 +1267,7 @@ class Framer:
                 self._ahs = header[BHS_LEN:]
                 self._dsl = dsl
                 self._filled = 0
+                self._big = dsl >= self._direct_threshold
                 if dsl == 0:
                     self._deliver(Frame(header=self._header, ahs=self._ahs, data=b""))
                     continue
@@ -1330,6 +1348,7 @@ class Framer:
         end = s + BHS_LEN + dsl + pad + dd
         if end - s > avail or dsl > self.max_data_segment:
             return False
+        self._big = False
         header = bytes(staging[s : s + BHS_LEN])
         if not dsl:
             self._start = end

@@ -1213,6 +1213,51 @@ def test_placer_receives_data_in_place(n: int, hd: bool, dd: bool, chunk: int) -
     assert len(target.calls) == 2
 
 
+@pytest.mark.parametrize("dd", [False, True])
+@pytest.mark.parametrize("hd", [False, True])
+def test_after_a_large_segment_the_next_header_is_received_alone(hd: bool, dd: bool) -> None:
+    """Two large Data-In back to back, the whole stream available at once (a busy socket):
+    the first one's data is partly staged (a full staging buffer came with its header), but
+    after it the framer asks for no more than the trailer and the next header, so the second
+    one's data is received entirely in place, never staged and copied. A small PDU after
+    them brings back full-size staging reads."""
+    n = 300_000  # more than the 256 KiB staging buffer; the second size needs padding
+    first, second = _data_in(n), _data_in(n + 3, datasn=1)
+    bufs = [bytearray(n), bytearray(n + 3)]
+
+    def placer(header: bytes) -> memoryview | None:
+        if header[0] & 0x3F != Opcode.DATA_IN:
+            return None
+        return memoryview(bufs[int.from_bytes(header[36:40], "big")])  # by DataSN
+
+    framer = Framer(header_digest=hd, data_digest=dd, max_data_segment=1 << 20, placer=placer,
+                    direct_threshold=16 * 1024)
+    kw = {"header_digest": hd, "data_digest": dd}
+    stream = encode(first, **kw) + encode(second, **kw) + encode(NOP_IN, **kw) * 3
+    reads: list[tuple[object, int, int]] = []  # (buffer, view length, bytes written)
+    frames: list[Frame] = []
+    pos = 0
+    while pos < len(stream):
+        view = framer.get_buffer()
+        k = min(len(view), len(stream) - pos)
+        reads.append((view.obj, len(view), k))
+        view[:k] = stream[pos : pos + k]
+        pos += k
+        framer.buffer_updated(k)
+        frames.extend(framer.frames())
+    assert [bytes(f.data) for f in frames[:2]] == [first.data, second.data]
+    assert len(frames) == 5 and all(decode_frame(f) == NOP_IN for f in frames[2:])
+    # The second segment: one read, straight into its buffer.
+    assert [(obj, k) for obj, _, k in reads if obj is bufs[1]] == [(bufs[1], n + 3)]
+    # Between the two segments, staging reads were trailer + header sized, not 256 KiB.
+    i_first = max(i for i, (obj, _, _) in enumerate(reads) if obj is bufs[0])
+    i_second = [i for i, (obj, _, _) in enumerate(reads) if obj is bufs[1]][0]
+    between = [size for _, size, _ in reads[i_first + 1 : i_second]]
+    assert between and max(between) <= 48 + (4 if hd else 0) + (4 if dd else 0)
+    # After the second segment (and its trailer), the small PDUs come in full-size reads.
+    assert reads[-1][1] > 64 * 1024
+
+
 @pytest.mark.parametrize("n", [1000, 100_003])
 def test_placer_with_bad_data_digest(n: int) -> None:
     pdu = _data_in(n)
