@@ -729,7 +729,5 @@ class Tree:
         parent = self._by_path.get(path[:-1]) if len(path) > 1 else ROOT
         if parent is None:
             return
-        try:
-            self.channel.notify(K.notify_inval_entry(parent, os.fsencode(path[-1])))
-        except OSError as e:
-            log.debug("invalidate %s: %s", "/".join(path), e)
+        # Queued: the channel's notifier thread writes it and logs a failure.
+        self.channel.notify(K.notify_inval_entry(parent, os.fsencode(path[-1])))

@@ -593,12 +593,18 @@ class Tgtd:
                 break
         raise TestbedError("tgtd did not start: " + " | ".join(errors))
 
+    def _argv(self, argv: list[str]) -> list[str]:
+        """How tgtd is run: as is here; a subclass may wrap it (NetnsTgtd)."""
+        return argv
+
     def _launch(self, port: int, control: int, timeout: float) -> str | None:
-        """One start attempt: None on success, else why it failed (the process is gone)."""
+        """One start attempt: None on success, else why it failed (the process is gone).
+        /proc/PID/net/tcp shows the sockets of PID's own network namespace, so the listening
+        check works for a tgtd inside a namespace too."""
         portals = ",".join(f"portal={_host_portal(h, port)}" for h in self.hosts)
         self.log_path.write_bytes(b"")
         proc = _Proc(
-            ["tgtd", "-f", "-C", str(control), "--iscsi", portals],
+            self._argv(["tgtd", "-f", "-C", str(control), "--iscsi", portals]),
             log=self.log_path,
             name="tgtd",
         )
@@ -1958,33 +1964,5 @@ class NetnsTgtd(Tgtd):
                       timeout=timeout)
         return self
 
-    def _launch(self, port: int, control: int, timeout: float) -> str | None:
-        """Tgtd._launch, with tgtd started inside the namespace."""
-        portals = ",".join(f"portal={_host_portal(h, port)}" for h in self.hosts)
-        self.log_path.write_bytes(b"")
-        proc = _Proc(
-            self.netns.exec_argv(["tgtd", "-f", "-C", str(control), "--iscsi", portals]),
-            log=self.log_path,
-            name="tgtd",
-        )
-        want = {(h, port) for h in self.hosts}
-        deadline = time.monotonic() + timeout
-        while True:
-            if not proc.alive():
-                why = f"exited rc={proc.popen.returncode}: {_tail(self.log_path, 5)}"
-                break
-            if "failed to create/bind to portal" in self.log_path.read_text(errors="replace"):
-                why = f"port {port} bind failed: {_tail(self.log_path, 5)}"
-                break
-            # /proc/PID/net/tcp shows the sockets of PID's own network namespace.
-            if want <= listening_sockets(proc.pid) and self._system_ready(control):
-                self._proc, self.port, self.control = proc, port, control
-                return None
-            if time.monotonic() > deadline:
-                why = f"not ready after {timeout}s: {_tail(self.log_path, 5)}"
-                break
-            time.sleep(POLL)
-        proc.terminate(signal.SIGKILL)
-        if "another tgtd" not in why:
-            self._remove_socket_files(control)
-        return why
+    def _argv(self, argv: list[str]) -> list[str]:
+        return self.netns.exec_argv(argv)  # tgtd started inside the namespace

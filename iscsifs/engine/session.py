@@ -277,16 +277,7 @@ class Session:
         try:
             done = trio.Event()
             task.context = done
-            live = self._live
-            # A connection already lost (lost is set) but not yet cleaned up would raise its
-            # failure from submit(): such commands wait for the next connection instead.
-            if (live is not None and live.lost is None and self.state is State.CONNECTED
-                    and not live.draining):
-                self._submit(live, task)
-                # Alone in flight: send now (latency). Otherwise batch with the round.
-                self._flush(live, soon=len(live.conn.tasks) > 1)
-            else:
-                self._waiting.append(task)
+            self._issue(task)
             try:
                 await done.wait()
             except BaseException:
@@ -329,10 +320,17 @@ class Session:
         if not self._want or self.state is State.FAILED:
             raise SessionUnavailable(self._unavailable_reason())
         task.context = _Callback(task, on_done)
+        self._issue(task)
+
+    def _issue(self, task: Task) -> None:
+        """Send the task on the live connection, or queue it for the next one. A connection
+        already lost (lost is set) but not yet cleaned up would raise its failure from
+        submit(): such commands wait for the next connection instead."""
         live = self._live
         if (live is not None and live.lost is None and self.state is State.CONNECTED
                 and not live.draining):
             self._submit(live, task)
+            # Alone in flight: send now (latency). Otherwise batch with the round.
             self._flush(live, soon=len(live.conn.tasks) > 1)
         else:
             self._waiting.append(task)

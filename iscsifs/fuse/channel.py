@@ -15,8 +15,8 @@ import ctypes.util
 import errno
 import logging
 import os
-import socket
 import queue
+import socket
 import subprocess
 import threading
 from collections.abc import Callable

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
-from bench import testbed  # noqa: E402
+import bench
+from bench import testbed
 
 MiB = 1 << 20
 

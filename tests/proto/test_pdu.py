@@ -1251,7 +1251,7 @@ def test_after_a_large_segment_the_next_header_is_received_alone(hd: bool, dd: b
     assert [(obj, k) for obj, _, k in reads if obj is bufs[1]] == [(bufs[1], n + 3)]
     # Between the two segments, staging reads were trailer + header sized, not 256 KiB.
     i_first = max(i for i, (obj, _, _) in enumerate(reads) if obj is bufs[0])
-    i_second = [i for i, (obj, _, _) in enumerate(reads) if obj is bufs[1]][0]
+    i_second = next(i for i, (obj, _, _) in enumerate(reads) if obj is bufs[1])
     between = [size for _, size, _ in reads[i_first + 1 : i_second]]
     assert between and max(between) <= 48 + (4 if hd else 0) + (4 if dd else 0)
     # After the second segment (and its trailer), the small PDUs come in full-size reads.
