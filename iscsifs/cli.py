@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from . import __version__, daemon
 from .config import ConfigError, InitiatorSetup
-from .proto.discovery import is_valid_iscsi_name
+from .proto.discovery import host_key, is_valid_iscsi_name
 from .syntax import (
     SyntaxProblem,
     format_address,
@@ -175,7 +175,7 @@ OPTION_HELP = (
 
 
 @dataclass
-class Request:
+class Invocation:
     """A parsed and checked command line of one of COMMANDS."""
 
     command: Command
@@ -210,7 +210,7 @@ def _case_hint(word: str, choices: Iterable[str], what: str = "commands") -> str
     return ""
 
 
-def parse_request(argv: Sequence[str]) -> Request:
+def parse_request(argv: Sequence[str]) -> Invocation:
     """Parse the words after `iscsifs` for one of the manual's commands; raise UsageError with
     the manual's message, or one clear line, for anything wrong."""
     name, words = argv[0], list(argv[1:])
@@ -218,7 +218,7 @@ def parse_request(argv: Sequence[str]) -> Request:
     if command is None:
         raise UsageError(f'Unknown command "{name}"{_case_hint(name, COMMANDS)}; '
                          "run iscsifs help for the list")
-    req = Request(command)
+    req = Invocation(command)
     plain: list[str] = []
     i = 0
     while i < len(words):
@@ -252,7 +252,7 @@ def parse_request(argv: Sequence[str]) -> Request:
     return req
 
 
-def _positionals(req: Request, plain: list[str]) -> None:
+def _positionals(req: Invocation, plain: list[str]) -> None:
     command = req.command
     name = command.name
     if command.argument is not None:
@@ -295,7 +295,7 @@ def _positionals(req: Request, plain: list[str]) -> None:
     req.names = names
 
 
-def _check_values(req: Request) -> None:
+def _check_values(req: Invocation) -> None:
     command, opts = req.command, req.options
     name = command.name
     try:
@@ -351,7 +351,7 @@ def _option_message(message: str, opts: dict[str, str]) -> str:
 T = TypeVar("T")
 
 
-class CommandFailed(Exception):
+class ControlFailed(Exception):
     """A control-file command failed: the reply lines the daemon left ("ERROR. ...")."""
 
     def __init__(self, lines: list[str], code: int) -> None:
@@ -360,7 +360,7 @@ class CommandFailed(Exception):
         self.errno = code
 
 
-class Tree:
+class TreeClient:
     """Reads and commands under a mount point. A file operation the daemon does not answer
     within `timeout` seconds gives the manual's "temporarily unavailable" (the thread doing it
     stays blocked in the kernel, which is why it is a daemon thread)."""
@@ -409,7 +409,7 @@ class Tree:
 
     def command(self, rel: str, line: str, *, timeout: float | None = None) -> str:
         """Write one command line to a control file and read the reply on the same open
-        file; raise CommandFailed with the "ERROR. ..." reply when the write fails."""
+        file; raise ControlFailed with the "ERROR. ..." reply when the write fails."""
         path = self.root / rel
         data = (line + "\n").encode()
 
@@ -439,11 +439,11 @@ class Tree:
             lines = [ln for ln in reply.splitlines() if ln.strip()]
             if not lines:
                 lines = [f"ERROR. {err.strerror or err}"]
-            raise CommandFailed(lines, err.errno or errno.EIO)
+            raise ControlFailed(lines, err.errno or errno.EIO)
         return reply
 
 
-def find_tree(config: str | None) -> Tree:
+def find_tree(config: str | None) -> TreeClient:
     """The mount of the config (--config, $ISCSIFS_CONFIG or the default), or the manual's
     "not running" error. $ISCSIFS_TIMEOUT, when set, is the deadline of every operation."""
     timeout = _timeout()
@@ -452,8 +452,8 @@ def find_tree(config: str | None) -> Tree:
         raise CliError(NOT_RUNNING)
     root = Path(info["mountpoint"])
     if timeout is None:
-        return Tree(root)
-    return Tree(root, timeout, timeout)
+        return TreeClient(root)
+    return TreeClient(root, timeout, timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,20 +498,13 @@ def parse_discovered(text: str) -> list[PortalRow]:
     return [PortalRow(p[0], p[1], p[2]) for p in _fields(text, 3)]
 
 
-def _host_key(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return host.strip("[]").lower().rstrip(".")
-
-
 def _resolve(host: str) -> set[str]:
     """The IP addresses a host name stands for ({} when it does not resolve)."""
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return set()
-    return {_host_key(str(info[4][0]).split("%")[0]) for info in infos}
+    return {host_key(str(info[4][0]).split("%")[0]) for info in infos}
 
 
 #: How host names are looked up; the tests put a table here (no DNS from the test suite).
@@ -523,7 +516,7 @@ def address_keys(host: str) -> frozenset[str]:
     """What a portal's address may be for it to be at -address `host`: the address itself,
     and for a host name the IP addresses it resolves to (the tree lists IP addresses, as
     SendTargets and iSNS give them)."""
-    key = _host_key(host)
+    key = host_key(host)
     try:
         ipaddress.ip_address(key)
         return frozenset({key})
@@ -537,7 +530,7 @@ def portal_at(portal: str, address: tuple[str, int]) -> bool:
         host, port = parse_address(portal)
     except SyntaxProblem:
         return False
-    return port == address[1] and _host_key(host) in address_keys(address[0])
+    return port == address[1] and host_key(host) in address_keys(address[0])
 
 
 def select(rows: Iterable[PortalRow], names: list[str] | None,
@@ -677,22 +670,22 @@ def _reply_errors(reply: str) -> list[str]:
     return [ln for ln in reply.splitlines() if ln.startswith("ERROR.")]
 
 
-def _failed(e: CommandFailed) -> CliError:
+def _failed(e: ControlFailed) -> CliError:
     return CliError(*e.lines)
 
 
-def run_request(req: Request, tree: Tree) -> Outcome:
+def run_request(req: Invocation, tree: TreeClient) -> Outcome:
     """Carry out a parsed command against a tree (a real mount, or a directory that looks
     like one in the tests)."""
     name = req.command.name
     handler = _HANDLERS[name]
     try:
         return handler(req, tree)
-    except CommandFailed as e:
+    except ControlFailed as e:
         raise _failed(e) from None
 
 
-def _add(req: Request, tree: Tree) -> Outcome:
+def _add(req: Invocation, tree: TreeClient) -> Outcome:
     words = ["add", req.at, *(req.names or ["All"])]
     for o in ("-autoLogin", "-security", "-discoverySecurity", "-session", "-connection"):
         if o in req.options:
@@ -701,7 +694,7 @@ def _add(req: Request, tree: Tree) -> Outcome:
     return Outcome(errors=_reply_errors(reply))
 
 
-def _discover(req: Request, tree: Tree) -> Outcome:
+def _discover(req: Invocation, tree: TreeClient) -> Outcome:
     if "-isns" in req.flags:
         line = shlex.join(["isns", req.at])
     else:
@@ -713,27 +706,27 @@ def _discover(req: Request, tree: Tree) -> Outcome:
     return Outcome(format_discovered(parse_discovered(reply), req.verbose))
 
 
-def _get_initiator_name(req: Request, tree: Tree) -> Outcome:
+def _get_initiator_name(req: Invocation, tree: TreeClient) -> Outcome:
     return Outcome(format_initiator_name(tree.read("initiator/name").strip(), req.verbose))
 
 
-def _get_boot_delay(req: Request, tree: Tree) -> Outcome:
+def _get_boot_delay(req: Invocation, tree: TreeClient) -> Outcome:
     return Outcome(tree.read("initiator/boot_delay").strip() + "\n")
 
 
-def _set_boot_delay(req: Request, tree: Tree) -> Outcome:
+def _set_boot_delay(req: Invocation, tree: TreeClient) -> Outcome:
     assert req.argument is not None
     tree.command("initiator/boot_delay", req.argument)
     return Outcome()
 
 
-def _set_initiator_name(req: Request, tree: Tree) -> Outcome:
+def _set_initiator_name(req: Invocation, tree: TreeClient) -> Outcome:
     assert req.argument is not None
     tree.command("initiator/name", req.argument)
     return Outcome()
 
 
-def _not_found(req: Request, rows: list[PortalRow], what: str) -> list[str]:
+def _not_found(req: Invocation, rows: list[PortalRow], what: str) -> list[str]:
     """Errors for target names given but not among rows."""
     if req.names is None:
         return []
@@ -742,12 +735,12 @@ def _not_found(req: Request, rows: list[PortalRow], what: str) -> list[str]:
     return [f'ERROR. Target "{n}" {what}{where}.' for n in req.names if n.lower() not in seen]
 
 
-def _list_setup(req: Request, tree: Tree) -> Outcome:
+def _list_setup(req: Invocation, tree: TreeClient) -> Outcome:
     rows = select(parse_setup(tree.read("targets/setup")), req.names, req.address)
     return Outcome(format_setup(rows, req.verbose), _not_found(req, rows, "has not been added"))
 
 
-def _list_status(req: Request, tree: Tree) -> Outcome:
+def _list_status(req: Invocation, tree: TreeClient) -> Outcome:
     configured = parse_status(tree.read("targets/status"))
     if req.address is None:
         rows = select(configured, req.names, None)
@@ -772,10 +765,10 @@ def _portal_key(portal: str) -> tuple[str, int] | str:
         host, port = parse_address(portal)
     except SyntaxProblem:
         return portal
-    return _host_key(host), port
+    return host_key(host), port
 
 
-def _added_at(req: Request, tree: Tree) -> tuple[list[PortalRow], list[str]]:
+def _added_at(req: Invocation, tree: TreeClient) -> tuple[list[PortalRow], list[str]]:
     """The added portals at the -address whose names match, and errors for the rest."""
     rows = select(parse_setup(tree.read("targets/setup")), req.names, req.address)
     errors = _not_found(req, rows, "has not been added")
@@ -784,8 +777,8 @@ def _added_at(req: Request, tree: Tree) -> tuple[list[PortalRow], list[str]]:
     return rows, errors
 
 
-def _session_command(word: str) -> Callable[[Request, Tree], Outcome]:
-    def run(req: Request, tree: Tree) -> Outcome:
+def _session_command(word: str) -> Callable[[Invocation, TreeClient], Outcome]:
+    def run(req: Invocation, tree: TreeClient) -> Outcome:
         rows, errors = _added_at(req, tree)
         for r in rows:
             if word == "login" and not r.visible:
@@ -795,7 +788,7 @@ def _session_command(word: str) -> Callable[[Request, Tree], Outcome]:
             try:
                 tree.command(f"targets/{r.name}/{r.portal}/control", word,
                              timeout=tree.remote_timeout)
-            except CommandFailed as e:
+            except ControlFailed as e:
                 errors += [ln if ln.startswith("ERROR.") else f"ERROR. {ln}" for ln in e.lines]
             except FileNotFoundError:
                 errors.append(f'ERROR. Target "{r.name}" at {r.portal} is not visible.')
@@ -804,13 +797,13 @@ def _session_command(word: str) -> Callable[[Request, Tree], Outcome]:
     return run
 
 
-def _remove(req: Request, tree: Tree) -> Outcome:
+def _remove(req: Invocation, tree: TreeClient) -> Outcome:
     line = shlex.join(["remove", req.at, *(req.names or ["All"])])
     reply = tree.command("targets/control", line, timeout=tree.remote_timeout)
     return Outcome(errors=_reply_errors(reply))
 
 
-_HANDLERS: dict[str, Callable[[Request, Tree], Outcome]] = {
+_HANDLERS: dict[str, Callable[[Invocation, TreeClient], Outcome]] = {
     "addTargets": _add,
     "discoverTargets": _discover,
     "getInitiatorName": _get_initiator_name,
@@ -903,7 +896,7 @@ class _Scrubber:
         return text
 
 
-def main(argv: list[str] | None = None, *, tree: Tree | None = None) -> int:
+def main(argv: list[str] | None = None, *, tree: TreeClient | None = None) -> int:
     """The `iscsifs` entry point. `tree` replaces the lookup of the running mount (tests)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     scrub = _Scrubber(s for w in argv for s in secret_values(w))
@@ -922,7 +915,7 @@ def main(argv: list[str] | None = None, *, tree: Tree | None = None) -> int:
         return EXIT_ERROR
 
 
-def _main(argv: list[str], tree: Tree | None, scrub: _Scrubber) -> int:
+def _main(argv: list[str], tree: TreeClient | None, scrub: _Scrubber) -> int:
     if not argv:
         print("usage: iscsifs <command> [options]; run iscsifs help for the commands",
               file=sys.stderr)

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import datetime
 import difflib
-import ipaddress
 import json
 import math
 import os
@@ -31,10 +30,11 @@ import tomlkit.exceptions
 from tomlkit.container import Container
 from tomlkit.items import AoT, Array, Comment, InlineTable, Item, Null, Table, Whitespace
 
-from iscsifs.proto.chap import Secret, secret_warnings
+from iscsifs.proto.chap import ChapCredentials, Secret, secret_warnings
 from iscsifs.proto.discovery import (
     DEFAULT_ISCSI_PORT,
     Portal,
+    host_key,
     is_valid_iscsi_name,
     parse_portal_argument,
 )
@@ -663,6 +663,16 @@ class Security:
     def secrets(self) -> tuple[Secret, ...]:
         return tuple(s for s in (self.target_secret, self.initiator_secret) if s is not None)
 
+    def chap_credentials(self) -> tuple[ChapCredentials | None, ChapCredentials | None]:
+        """What a login or discovery session answers the target with, and what it makes the
+        target prove (mutual CHAP); (None, None) without CHAP."""
+        if not self.is_chap or self.target_credentials is None:
+            return None, None
+        (user, secret), mutual = self.target_credentials, self.mutual_credentials
+        return (ChapCredentials(user=user, secret=secret),
+                ChapCredentials(user=mutual[0], secret=mutual[1]) if mutual is not None
+                else None)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PortalSetup:
@@ -697,11 +707,7 @@ _AUTO_LOGIN_INVISIBLE = (
 
 
 def _same_address(a: str, b: str) -> bool:
-    """Host names compare without case; IP addresses by value ("::1" == "0::1")."""
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return a.lower().rstrip(".") == b.lower().rstrip(".")
+    return host_key(a) == host_key(b)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

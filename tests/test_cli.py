@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from iscsifs import __version__, cli, daemon
+from iscsifs import __version__, cli
 from iscsifs.cli import (
     ALL_MIXED,
     COMMANDS,
     NOT_RUNNING,
     UNAVAILABLE,
-    CommandFailed,
+    ControlFailed,
     PortalRow,
-    Tree,
+    TreeClient,
     UsageError,
     format_discovered,
     format_initiator_name,
@@ -35,6 +35,7 @@ from iscsifs.cli import (
     select,
     usage,
 )
+from iscsifs.daemon import process as daemon
 
 A = "iqn.2024-01.org.example:a"
 B = "iqn.2024-01.org.example:b"
@@ -51,12 +52,12 @@ STATUS = (f"{A}\t1\t127.0.0.1:3260\tconnected\n"
           f"{C}\t-\t[::1]:3260\tunavailable\n")
 
 
-class FakeTree(Tree):
+class FakeTree(TreeClient):
     """Files with canned contents; control files answer from `replies` (a reply text, or a
-    CommandFailed to raise) and record every line written."""
+    ControlFailed to raise) and record every line written."""
 
     def __init__(self, files: dict[str, str] | None = None,
-                 replies: dict[str, str | CommandFailed | Callable[[str], str]] | None = None
+                 replies: dict[str, str | ControlFailed | Callable[[str], str]] | None = None
                  ) -> None:
         super().__init__(Path("/nonexistent"), 1.0)
         self.files = files or {}
@@ -73,7 +74,7 @@ class FakeTree(Tree):
         self.written.append((rel, line))
         self.timeouts.append(timeout)
         reply = self.replies.get(rel, "")
-        if isinstance(reply, CommandFailed):
+        if isinstance(reply, ControlFailed):
             raise reply
         if callable(reply):
             return reply(line)
@@ -90,15 +91,15 @@ def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
     cli.address_keys.cache_clear()
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str, tree: Tree | None = None
+def run(capsys: pytest.CaptureFixture[str], *argv: str, tree: TreeClient | None = None
         ) -> tuple[int, str, str]:
     status = cli.main(list(argv), tree=tree if tree is not None else FakeTree())
     out, err = capsys.readouterr()
     return status, out, err
 
 
-def failed(*lines: str, code: int = errno.EINVAL) -> CommandFailed:
-    return CommandFailed(list(lines), code)
+def failed(*lines: str, code: int = errno.EINVAL) -> ControlFailed:
+    return ControlFailed(list(lines), code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,23 +641,23 @@ def test_formats_with_no_rows() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The real Tree: reading, deadlines, no mount.
+# The real TreeClient: reading, deadlines, no mount.
 # ---------------------------------------------------------------------------------------------
 
 
 def test_tree_reads_files(tmp_path: Path) -> None:
     (tmp_path / "initiator").mkdir()
     (tmp_path / "initiator" / "name").write_text("iqn.2026-11.org.iscsifs:x\n")
-    assert Tree(tmp_path).read("initiator/name") == "iqn.2026-11.org.iscsifs:x\n"
+    assert TreeClient(tmp_path).read("initiator/name") == "iqn.2026-11.org.iscsifs:x\n"
     with pytest.raises(FileNotFoundError):
-        Tree(tmp_path).read("nope")
+        TreeClient(tmp_path).read("nope")
 
 
 def test_a_file_operation_that_never_answers(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     # A FIFO with no writer: reading it blocks, as a read of a stopped daemon's file does.
     os.mkfifo(tmp_path / "boot_delay")
-    tree = Tree(tmp_path, timeout=0.2, remote_timeout=0.2)
+    tree = TreeClient(tmp_path, timeout=0.2, remote_timeout=0.2)
     with pytest.raises(cli.CliError) as e:
         tree.read("boot_delay")
     assert e.value.lines == [UNAVAILABLE]
@@ -677,7 +678,7 @@ def test_a_command_whose_reply_never_comes(tmp_path: Path, monkeypatch: pytest.M
         return b""
 
     monkeypatch.setattr(cli.os, "pread", stuck)
-    tree = Tree(tmp_path, timeout=5, remote_timeout=0.2)
+    tree = TreeClient(tmp_path, timeout=5, remote_timeout=0.2)
     try:
         assert run(capsys, "discoverTargets", "-address", "h", tree=tree) == (
             1, "", UNAVAILABLE + "\n")
@@ -691,7 +692,7 @@ def test_a_tree_we_may_not_use(tmp_path: Path) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", "/mnt/iscsifs/initiator/name")
 
     with pytest.raises(cli.CliError) as e:
-        Tree(tmp_path)._call(denied)
+        TreeClient(tmp_path)._call(denied)
     assert e.value.lines == [
         "ERROR. /mnt/iscsifs/initiator/name: permission denied (only the user who mounted may "
         "use the tree, unless [mount] allow_other = true)"]
@@ -702,7 +703,7 @@ def test_a_daemon_that_died_under_its_mount(tmp_path: Path) -> None:
         raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
 
     with pytest.raises(cli.CliError) as e:
-        Tree(tmp_path)._call(gone)
+        TreeClient(tmp_path)._call(gone)
     assert e.value.lines == [NOT_RUNNING]
 
 

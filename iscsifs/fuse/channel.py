@@ -6,7 +6,7 @@
 # (for a LUN read: from the iSCSI reader, the moment the data is in). Each read goes into a
 # header buffer and a payload buffer; a WRITE's data starts at the payload buffer's first byte,
 # so a handler that keeps a large write takes the buffer (take_payload) instead of copying it.
-# Must not know what the files are: fs.py does.
+# Must not know what the files are: fs/ does.
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -116,6 +117,18 @@ def unmount(mountpoint: str) -> None:
             return
         raise OSError(err, f"cannot unmount {mountpoint}: {os.strerror(err)}")
     subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, check=False)
+
+
+def max_request(want: int = 0, cap: int = 8 << 20) -> int:
+    """The FUSE request size to ask for: `want` bytes in whole pages (at least one), or with
+    want 0 the largest the kernel will send, its max_pages_limit (256 pages, 1 MiB, unless
+    raised with the fs.fuse.max_pages_limit sysctl); never more than that limit or `cap`."""
+    try:
+        limit = int(Path("/proc/sys/fs/fuse/max_pages_limit").read_text())
+    except (OSError, ValueError):
+        limit = 256
+    limit = max(32, min(limit, cap // 4096))
+    return (min(limit, max(1, want // 4096)) if want else limit) * 4096
 
 
 Dispatch = Callable[[Request], None]

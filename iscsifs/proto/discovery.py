@@ -281,3 +281,13 @@ def parse_portal_argument(text: str, default_port: int = DEFAULT_ISCSI_PORT) -> 
     if "," in stripped or any(ch.isspace() for ch in stripped):
         raise ValueError(f"unexpected ',' or space in portal {_show(text.strip())}")
     return _split_host_port(stripped, default_port, "portal")
+
+
+def host_key(host: str) -> str:
+    """A portal address as it compares: IP addresses by value ("::1" == "0::1", brackets
+    ignored), host names without case or a trailing dot."""
+    host = host.strip("[]")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower().rstrip(".")

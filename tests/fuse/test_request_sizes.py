@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from iscsifs import daemon
+from iscsifs.fuse import channel
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         def fake(p: str, *a: object) -> Path:
             return f if p == "/proc/sys/fs/fuse/max_pages_limit" else real(p, *a)
 
-        monkeypatch.setattr(daemon, "Path", fake)
+        monkeypatch.setattr(channel, "Path", fake)
 
     return set_pages
 
@@ -39,7 +39,7 @@ def limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 ])
 def test_fuse_max_request(limit, pages: int | None, want: int, expected: int) -> None:
     limit(pages)
-    assert daemon.fuse_max_request(want) == expected
+    assert channel.max_request(want) == expected
 
 
 def test_default_config_reads_and_writes_512k() -> None:
