@@ -185,3 +185,24 @@ def test_failure_names_file_line_and_import(tmp_path: Path) -> None:
         "iscsifs/proto/x.py:3 imports iscsifs.fs (only iscsifs.proto may be imported here)",
         "iscsifs/proto/x.py:3 imports iscsifs.fs.Ops (only iscsifs.proto may be imported here)",
     ]
+
+
+def test_the_cli_loads_no_trio_engine_or_fuse_code() -> None:
+    """The CLI is a client of the tree: importing it (and the daemon's process side it uses
+    for mount and umount) must not load the event loop, the engine or the FUSE layer."""
+    import subprocess
+    import sys
+
+    code = ("import sys, iscsifs.cli; "
+            "print(' '.join(m for m in sys.modules if m == 'trio' or m.startswith("
+            "('trio.', 'iscsifs.engine', 'iscsifs.fuse', 'iscsifs.fs', 'iscsifs.daemon.core'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()
+    assert out == []
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "fs").rglob("*.py")),
+                         ids=lambda p: p.name)
+def test_the_tree_knows_nothing_of_the_daemon_or_the_cli(path: Path) -> None:
+    bad = violations(path, {"iscsifs.daemon", "iscsifs.cli", "iscsifs.config"})
+    assert not bad, "fs/ reaches above its layer:\n" + "\n".join(bad)
