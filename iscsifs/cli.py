@@ -8,7 +8,7 @@
 # abbreviations the manual does not), finding the running mount, talking to control files under a
 # deadline, and formatting the manual's output. Must not: touch the config file or talk to a
 # target (the daemon does both; the CLI only resolves a host name given as -address), print a
-# secret, or let a traceback reach the user (house rule 11: errors become one line and an exit
+# secret, or let a traceback reach the user (docs/design.md rule 11: errors become one line and an exit
 # status here).
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # SCSI command layer: CDB builders, response parsers, LUN addressing, sense decoding, typed SCSI
-# errors and the retry policy as data. It knows nothing of iSCSI (house rule 10, after libiscsi's
+# errors and the retry policy as data. It knows nothing of iSCSI (docs/design.md rule 10, after libiscsi's
 # scsi-lowlevel.c): stdlib only, no I/O, no clock, no logging. The engine carries the bytes built
 # here and hands back what the target answered; fs.py translates ScsiError to errno at the edge.
 #

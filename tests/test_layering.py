@@ -1,4 +1,4 @@
-# Keeps the layers honest (ARCHITECTURE.md, house rule 1 and 10): iscsifs/proto/ is sans-I/O, so
+# Keeps the layers honest (docs/design.md rules 1 and 10): iscsifs/proto/ is sans-I/O, so
 # it imports no trio, socket, pyfuse3, clock, threads, processes or OS access, and nothing above
 # it in the package; iscsifs/scsi.py knows nothing of the engine, the FUSE side or trio. Reads the
 # sources with ast (imports anywhere in a module, including inside functions, and literal

@@ -1,4 +1,4 @@
-# Errors of the protocol core. They say whose fault a failure is (house rule 3, after h11):
+# Errors of the protocol core. They say whose fault a failure is (docs/design.md rule 3, after h11):
 # LocalProtocolError when our side misused the core, RemoteProtocolError when the peer broke the
 # protocol. Messages are one line, name the cause, and never contain a secret.
 

@@ -531,7 +531,7 @@ class IsnsFramer:
     next_message() (None until one is complete). PDUs of several transactions may interleave;
     each is reassembled by (function, transaction id) with sequence ids checked in order.
 
-    Any protocol error is sticky (house rule 3): the stream is not resynchronisable.
+    Any protocol error is sticky (docs/design.md rule 3): the stream is not resynchronisable.
     """
 
     def __init__(

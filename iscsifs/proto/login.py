@@ -425,7 +425,7 @@ class LoginInput(enum.Enum):
     REJECT = "error status (class 2 or 3)"
 
 
-#: {(state, input): next state} (house rule 4). A response input missing here while a login is
+#: {(state, input): next state} (docs/design.md rule 4). A response input missing here while a login is
 #: under way is the target's protocol error; any input in IDLE other than a start, or any input
 #: after the end, is our misuse.
 LOGIN_TRANSITIONS: Mapping[tuple[LoginState, LoginInput], LoginState] = MappingProxyType({

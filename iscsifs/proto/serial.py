@@ -1,6 +1,6 @@
 # RFC 1982 serial number arithmetic for the 32-bit iSCSI sequence numbers (CmdSN, StatSN, DataSN,
 # R2TSN, ExpCmdSN, MaxCmdSN), and Initiator Task Tag allocation. Every comparison of sequence
-# numbers in iscsifs goes through here (house rule 6, after libiscsi's iscsi_serial32_compare):
+# numbers in iscsifs goes through here (docs/design.md rule 6, after libiscsi's iscsi_serial32_compare):
 # a plain `<` on them is a bug that only shows after 2**31 commands.
 # Must not do I/O.
 
